@@ -1,0 +1,35 @@
+# neurorecon: `make reproduce` runs the notebooks, `make test` runs pytest + nbval. Both set up .venv first.
+PROFILE ?= demo
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.neurorecon-installed
+
+.PHONY: reproduce test test-browser bench venv clean-home
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## Run the numbered notebooks in order (PROFILE=demo|smoke|full); completed stages are skipped.
+reproduce: $(STAMP)
+	$(PY) -m neurorecon.cli reproduce --profile $(PROFILE)
+
+## pytest on the package, then every notebook under nbval in the smoke profile, in a temporary home.
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  NEURORECON_HOME=$$tmp/home NEURORECON_FIGURES=$$tmp/figures NEURORECON_PROFILE=smoke \
+	  $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env notebooks/
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py
+
+clean-home:
+	rm -rf neurorecon_home

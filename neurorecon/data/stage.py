@@ -1,0 +1,109 @@
+"""Stage ``data`` (notebook 01): simulate or locate NSD, check it, prepare the store, measure it."""
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .. import paths
+from ..artifacts import StageWriter, is_complete, require_stage
+from ..config import StageConfig
+from ..errors import ConfigError, DataError
+from .check import check_data
+from .prepare import prepare
+from .reliability import spearman_brown, split_half_reliability
+from .store import open_store
+
+__all__ = ["DataConfig", "run_data_stage", "resolve_nsd_root", "store_path", "reliability_table"]
+
+
+@dataclasses.dataclass
+class DataConfig(StageConfig):
+    """Config of the data stage (``neurorecon/configs/data.yaml``)."""
+
+    STAGE = "data"
+    NOTEBOOK = "01_data_preparation"
+
+    nsd_root: Optional[str] = None
+    simulate: bool = True
+    sim_seed: int = 0
+    betas_format: str = "hdf5"
+    subjects: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 3, 4, 5, 6, 7, 8])
+    coco_root: Optional[str] = None
+    flatmap: Optional[str] = None
+    image_size: Optional[int] = None
+    manifest: Optional[str] = None
+
+
+def resolve_nsd_root(cfg):
+    """The raw tree this config reads (the simulated one when ``nsd_root`` is null)."""
+    if cfg.nsd_root:
+        return Path(cfg.nsd_root).expanduser()
+    if not cfg.simulate:
+        raise ConfigError(f"data config (profile {cfg.profile}): nsd_root is null; set it to your raw NSD copy "
+                          "in a YAML passed with --config (or set simulate: true)")
+    return paths.simulated_nsd_dir(cfg.profile)
+
+
+def store_path(profile):
+    """The prepared store of a profile; raises naming notebook 01 if it is not there yet."""
+    return require_stage("data", profile) / "store"
+
+
+def _ensure_simulated(cfg, root, progress):
+    from ..simulate import simulate
+
+    truth = root / "nsdmini_truth.json"
+    if truth.is_file():
+        meta = json.loads(truth.read_text())
+        if meta.get("seed") == cfg.sim_seed and meta.get("betas_format", "hdf5") == cfg.betas_format:
+            return
+    simulate(root, profile=cfg.profile, seed=cfg.sim_seed, betas_format=cfg.betas_format, progress=progress)
+
+
+def reliability_table(subject_data):
+    """Median split-half reliability per ROI of one prepared subject: list of (roi_kind, roi, r1, r3)."""
+    r = split_half_reliability(subject_data.test_trial_betas, subject_data.test_trial_image_ids)
+    rows = [("all", "nsdgeneral", float(np.nanmedian(r)), float(np.nanmedian(spearman_brown(r, 3))))]
+    for kind, rois in subject_data.rois.items():
+        for name, cols in rois.items():
+            if cols:
+                rr = r[cols]
+                rows.append((kind, name, float(np.nanmedian(rr)), float(np.nanmedian(spearman_brown(rr, 3)))))
+    return rows
+
+
+def run_data_stage(cfg, force=False, progress=True):
+    """Run the data stage for a config and return the prepared store folder.
+
+    A stage already complete with the same config is reused unless ``force``.
+    """
+    if not force and is_complete(cfg.STAGE, cfg.profile, cfg.digest()):
+        return store_path(cfg.profile)
+    root = resolve_nsd_root(cfg)
+    if cfg.simulate and not cfg.nsd_root:
+        _ensure_simulated(cfg, root, progress)
+    problems = check_data(root, cfg.manifest or cfg.profile)
+    if problems:
+        raise DataError(root, f"a raw NSD tree matching the {cfg.manifest or cfg.profile} manifest",
+                        f"{len(problems)} problem(s):\n  " + "\n  ".join(problems))
+    t0 = time.time()
+    with StageWriter(cfg) as w:
+        store = prepare(root, w.path / "store", subjects=cfg.subjects, coco_root=cfg.coco_root,
+                        flatmap=cfg.flatmap, image_size=cfg.image_size, progress=progress)
+        w.add_metric("prepare", "all", "all", "seconds", time.time() - t0)
+        st = open_store(store)
+        w.add_metric("prepare", "all", "all", "n_images", st.meta["n_images"])
+        for s in st.subjects:
+            sub = st.subject(s)
+            w.add_metric("prepare", s, "all", "n_voxels", len(sub.voxel_ijk))
+            w.add_metric("prepare", s, "train", "n_trials", len(sub.train_image_ids))
+            w.add_metric("prepare", s, "test", "n_trials", len(sub.test_trial_image_ids))
+            w.add_metric("prepare", s, "test", "n_images", len(sub.test_image_ids))
+            for kind, name, r1, r3 in reliability_table(sub):
+                w.add_metric("split_half", s, "test", f"r_{name}", r1)
+                w.add_metric("split_half", s, "test", f"r3_{name}", r3)
+    return store_path(cfg.profile)

@@ -1,0 +1,85 @@
+"""``make reproduce``: run the numbered notebooks in order with papermill.
+
+Executed copies go to ``$NEURORECON_HOME/executed/<profile>/``. A notebook whose stage is already complete with
+the same config is skipped; the first failure stops the run and prints the failing cell.
+"""
+
+import importlib
+import os
+import re
+import time
+from pathlib import Path
+
+from . import paths
+from .artifacts import STAGE_NOTEBOOKS, is_complete
+from .config import load_config
+
+__all__ = ["reproduce", "notebooks", "STAGE_CONFIGS"]
+
+#: Config class of each stage, as "module:Class" (imported only when needed).
+STAGE_CONFIGS = {
+    "data": "neurorecon.data.stage:DataConfig",
+}
+_NB_RE = re.compile(r"^(\d\d)_.+\.ipynb$")
+
+
+def notebooks():
+    """The numbered notebooks, in order."""
+    return sorted(p for p in paths.notebooks_dir().glob("*.ipynb") if _NB_RE.match(p.name))
+
+
+def _stage_of(nb):
+    return next((stage for stage, name in STAGE_NOTEBOOKS.items() if name == nb.stem), None)
+
+
+def _config_digest(stage, profile):
+    spec = STAGE_CONFIGS.get(stage)
+    if spec is None:
+        return None
+    module, cls = spec.split(":")
+    return load_config(getattr(importlib.import_module(module), cls), profile).digest()
+
+
+def _print_failure(err, executed):
+    print(f"\n--- failing cell (execution count {getattr(err, 'exec_count', '?')}) ---")
+    print(getattr(err, "source", "").rstrip())
+    print(f"--- {getattr(err, 'ename', type(err).__name__)}: {getattr(err, 'evalue', err)}")
+    tb = getattr(err, "traceback", None)
+    if tb:
+        print("\n".join(tb[-6:]))
+    print(f"--- executed copy with all outputs: {executed}")
+
+
+def reproduce(profile="demo", start=None, force=False, log=print):
+    """Run every numbered notebook for a profile; returns 0 on success, 1 at the first failure."""
+    import papermill as pm
+
+    out_dir = paths.home() / "executed" / profile
+    out_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["NEURORECON_PROFILE"] = profile
+    timings = []
+    for nb in notebooks():
+        if start and nb.name[:2] < str(start)[:2]:
+            continue
+        stage = _stage_of(nb)
+        digest = _config_digest(stage, profile) if stage else None
+        if not force and digest and is_complete(stage, profile, digest):
+            log(f"[skip] {nb.name}: stage '{stage}' already complete with the same config")
+            continue
+        executed = out_dir / nb.name
+        log(f"[run ] {nb.name} (profile {profile}) -> {executed}")
+        t0 = time.time()
+        try:
+            pm.execute_notebook(str(nb), str(executed), parameters={"profile": profile}, kernel_name="python3",
+                                cwd=str(nb.parent), progress_bar=False)
+        except pm.PapermillExecutionError as err:
+            _print_failure(err, executed)
+            log(f"[FAIL] {nb.name} after {time.time() - t0:.0f} s; fix it and rerun: completed stages are skipped")
+            return 1
+        timings.append((nb.name, time.time() - t0))
+        log(f"[done] {nb.name} in {timings[-1][1]:.0f} s")
+    with open(out_dir / "timings.csv", "a") as fh:
+        for name, sec in timings:
+            fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')},{name},{sec:.1f}\n")
+    log(f"all notebooks done for profile {profile}; `neurorecon results --profile {profile}` prints the metrics")
+    return 0

@@ -1,0 +1,77 @@
+"""The prepare contract on a hand-written raw NSD tree (independent of our simulator)."""
+
+import numpy as np
+import pytest
+
+from neurorecon.data import load_prepared, open_store, prepare
+from neurorecon.data.resample import trilinear_matrix
+
+from rawnsd import SESSIONS, write_tree
+
+
+def expected_subject(truth, subject):
+    """Compute the contract's arrays with plain loops, independently of neurorecon.data.prepare."""
+    mask = truth["masks"][subject]
+    ijk = np.argwhere(mask)
+    shared = set(truth["shared"].tolist())
+    train_ids, train_rows, test = [], [], {}
+    t = 0
+    for vol in truth["raw"][subject]:
+        psc = np.stack([vol[i, j, k, :] for i, j, k in ijk], axis=1).astype(np.float64) / 300.0  # (T, V)
+        ids = [truth["subjectim"][subject - 1, truth["masterordering"][t + n]] for n in range(vol.shape[3])]
+        is_train = np.array([i not in shared for i in ids])
+        mu = psc[is_train].mean(0)
+        sd = psc[is_train].std(0, ddof=0)
+        z = (psc - mu) / sd
+        for n, image in enumerate(ids):
+            if is_train[n]:
+                train_ids.append(image)
+                train_rows.append(z[n])
+            else:
+                test.setdefault(image, []).append(z[n])
+        t += vol.shape[3]
+    test_ids = sorted(test)
+    return dict(ijk=ijk, train_ids=np.array(train_ids), train=np.array(train_rows),
+                test_ids=np.array(test_ids), test=np.array([np.mean(test[i], 0) for i in test_ids]))
+
+
+@pytest.mark.parametrize("fmt", ["hdf5", "nifti"])
+def test_contract_on_handwritten_tree(tmp_path, fmt):
+    truth = write_tree(tmp_path / "nsd", fmt=fmt)
+    out = prepare(tmp_path / "nsd", tmp_path / "store", subjects=[1, 3], progress=False)
+    for s in (1, 3):
+        got = load_prepared(out, s)
+        exp = expected_subject(truth, s)
+        np.testing.assert_array_equal(got.voxel_ijk, exp["ijk"])
+        np.testing.assert_array_equal(got.train_image_ids, exp["train_ids"])
+        np.testing.assert_array_equal(got.test_image_ids, exp["test_ids"])
+        assert got.train_betas.dtype == np.float32 and got.test_betas.dtype == np.float32
+        np.testing.assert_allclose(got.train_betas, exp["train"], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(got.test_betas, exp["test"], rtol=1e-4, atol=1e-4)
+        assert len(got.train_image_ids) + len(got.test_trial_image_ids) == sum(SESSIONS[s])
+        assert not set(got.train_image_ids) & set(truth["shared"].tolist())
+
+
+def test_store_images_annotations_and_common_grid(tmp_path):
+    truth = write_tree(tmp_path / "nsd")
+    out = prepare(tmp_path / "nsd", tmp_path / "store", subjects=[1, 3], progress=False)
+    store = open_store(out)
+    s1, s3 = store.subject(1), store.subject(3)
+    ids = np.union1d(np.union1d(s1.train_image_ids, s1.test_image_ids), np.union1d(s3.train_image_ids, s3.test_image_ids))
+    np.testing.assert_array_equal(store.image_ids, ids)
+    np.testing.assert_array_equal(store.get_images(ids[:3]), truth["brick"][ids[:3]])
+    ann = store.annotations[int(ids[0])]
+    assert ann["captions"] == [f"image {ids[0]} caption 0", f"image {ids[0]} caption 1"]
+    # cropBox (top=0.1, bottom=0, left=0, right=0.2) of a 100 x 50 COCO image into 13 px: x (40 - 0) / 80 * 13
+    box = ann["instances"][0]
+    assert box["category"] == "dog"
+    np.testing.assert_allclose(box["bbox"], [6.5, (10 - 5) / 45 * 13, 20 / 80 * 13, 30 / 45 * 13], atol=0.01)
+    # common grid = subject 1's grid; subject 1's own data maps onto it unchanged
+    grid = store.common_grid
+    assert grid["shape"] == truth["masks"][1].shape
+    union = set(map(tuple, grid["union_ijk"]))
+    assert set(map(tuple, s1.voxel_ijk)) <= union
+    m = trilinear_matrix(s1.voxel_ijk, grid["shape"], grid["union_ijk"], grid["shape"])
+    np.testing.assert_allclose(np.asarray(s1.train_common, np.float32),
+                               (m @ np.asarray(s1.train_betas).T).T, atol=2e-2)
+    assert s3.train_common.shape == (len(s3.train_image_ids), len(grid["union_ijk"]))

@@ -35,8 +35,9 @@ def expected_subject(truth, subject):
                 test_ids=np.array(test_ids), test=np.array([np.mean(test[i], 0) for i in test_ids]))
 
 
-@pytest.mark.parametrize("fmt", ["hdf5", "nifti"])
-def test_contract_on_handwritten_tree(tmp_path, fmt):
+@pytest.mark.parametrize("fmt,slab_bytes", [("hdf5", 2**30), ("hdf5", 1), ("nifti", 2**30)])
+def test_contract_on_handwritten_tree(tmp_path, monkeypatch, fmt, slab_bytes):
+    monkeypatch.setattr("neurorecon.data.betas._SLAB_BYTES", slab_bytes)  # 1 byte: one z-slice per slab
     truth = write_tree(tmp_path / "nsd", fmt=fmt)
     out = prepare(tmp_path / "nsd", tmp_path / "store", subjects=[1, 3], progress=False)
     for s in (1, 3):

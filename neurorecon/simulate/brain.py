@@ -333,7 +333,7 @@ def make_anatomy(cfg, rng):
     hemi = (xn[general] >= 0).astype(np.int8)  # RAS: negative x is the left hemisphere
     v = (np.pi / 2 - np.arctan2(dz, np.abs(dx))) / np.pi  # 0 dorsal .. 1 ventral
     gamma = rng.uniform(0.85, 1.2)
-    u = (a / a.max()) ** gamma
+    u = (np.argsort(np.argsort(a, kind="stable"), kind="stable") / max(len(a) - 1, 1)) ** gamma  # angle quantile
     u = np.clip(u + 0.03 * np.sin(2 * np.pi * v + rng.uniform(0, 2 * np.pi)) * u * (1 - u) * 4, 0, 1)
     v = np.clip(v + 0.04 * np.sin(2 * np.pi * u + rng.uniform(0, 2 * np.pi)), 0, 1)
     prf_vals, stream_vals = _labels(u, v)

@@ -51,6 +51,9 @@ class SimConfig(StageConfig):
         Noise standard deviation (psc) of brain voxels outside nsdgeneral.
     smooth_noise : float
         Fraction of the noise variance that is spatially smooth.
+    feature_noise : float
+        Fraction of the noise variance (in nsdgeneral and on the surface) that is structured like signal: random
+        feature vectors passed through the voxel's tuning (trial-to-trial fluctuations of the represented content).
     drift_offset, drift_gain : float
         Per-session voxel offset (psc) and gain change (relative) standard deviations.
     """
@@ -78,7 +81,8 @@ class SimConfig(StageConfig):
     reliability: tuple[float, float, float] = (0.32, 0.24, 0.16)
     subject_noise: tuple[float, float] = (0.85, 1.2)
     outside_noise: float = 2.0
-    smooth_noise: float = 0.3
+    smooth_noise: float = 0.25
+    feature_noise: float = 0.35
     drift_offset: float = 0.3
     drift_gain: float = 0.08
 
@@ -104,4 +108,6 @@ class SimConfig(StageConfig):
             raise ConfigError(f"simulate config: subjects must be in 1..{N_SUBJECTS}, found {self.subjects}")
         if self.image_size % self.feature_grid or self.flatmap_size % 2:
             raise ConfigError("simulate config: image_size must be a multiple of feature_grid and flatmap_size even")
+        if not (0 <= self.smooth_noise and 0 <= self.feature_noise and self.smooth_noise + self.feature_noise < 1):
+            raise ConfigError("simulate config: smooth_noise and feature_noise must be >= 0 with a sum below 1")
         return self

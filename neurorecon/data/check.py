@@ -26,7 +26,7 @@ import yaml
 from ..errors import DataError
 from ..paths import repo_root
 
-__all__ = ["check_data", "load_manifest", "manifest_path"]
+__all__ = ["check_data", "load_manifest", "manifest_path", "manifest_from_tree"]
 
 
 def manifest_path(profile):
@@ -146,3 +146,61 @@ def check_data(nsd_root, manifest="demo"):
     for entry in load_manifest(manifest)["files"]:
         problems += _check_entry(root, entry)
     return problems
+
+
+def manifest_from_tree(nsd_root, profile, description="", exact=False):
+    """Describe an existing raw tree as a manifest (how the demo/smoke manifests were made from NSD-mini).
+
+    With ``exact=False`` the subjects' volume sizes are left open (null), since NSD-mini draws them from the
+    seed; preparation checks that betas and ROIs of a subject agree.
+    """
+    import h5py
+    import nibabel as nib
+    import pandas as pd
+    import scipy.io
+
+    from .betas import session_shape
+    from .layout import NSDLayout
+
+    root = Path(nsd_root)
+    lay = NSDLayout(root)
+    rel = lambda p: str(Path(p).relative_to(root))  # noqa: E731
+    files = [dict(path=rel(lay.expdesign), kind="mat", what="NSD design (1-based indices)",
+                  variables={n: list(s) for n, s, _ in scipy.io.whosmat(str(lay.expdesign))
+                             if n in ("masterordering", "subjectim", "sharedix")})]
+    info = pd.read_csv(lay.stim_info)
+    files.append(dict(path=rel(lay.stim_info), kind="csv", what="stimulus info", rows=len(info),
+                      columns=["cocoId", "cocoSplit", "cropBox", "nsdId", "shared1000"]))
+    with h5py.File(lay.stimuli, "r") as f:
+        files.append(dict(path=rel(lay.stimuli), kind="hdf5", dataset="imgBrick", what="stimulus images",
+                          shape=list(f["imgBrick"].shape), dtype=str(f["imgBrick"].dtype)))
+    for p in sorted(lay.coco_root.glob("*.json")):
+        files.append(dict(path=rel(p), kind="json", what="COCO annotations", keys=["images", "annotations"]))
+    if lay.default_flatmap.is_file():
+        files.append(dict(path=rel(lay.default_flatmap), kind="npz", what="vertex-to-pixel flat map",
+                          keys=["shape", "pixel", "hemi", "vertex"]))
+    for s in lay.subjects_present():
+        for roi in ("brainmask", "nsdgeneral", "prf-visualrois", "streams"):
+            p = lay.roi(s, roi)
+            if not p.is_file():
+                continue
+            shape = list(nib.load(str(p)).shape) if exact else [None, None, None]
+            files.append(dict(path=rel(p), kind="nifti", what=f"subj{s:02d} {roi}", shape=shape))
+        sessions = lay.sessions(s)
+        shapes = [session_shape(p) for p in sessions.values()]
+        counts = {n for n, _ in shapes}
+        n, spatial = (counts.pop() if len(counts) == 1 else None), shapes[0][1]
+        files.append(dict(path=rel(lay.betas_dir(s) / "betas_session{session:02d}"), kind="betas",
+                          what=f"subj{s:02d} volume betas", sessions=len(sessions),
+                          shape=[n, *(spatial[::-1] if exact else [None] * 3)],
+                          dtype="int16"))
+        for hemi in ("lh", "rh"):
+            p = lay.surface_file(s, hemi, 1)
+            if p.is_file():
+                files.append(dict(path=rel(p).replace("session01", "session{session:02d}"), kind="mgh",
+                                  what=f"subj{s:02d} {hemi} surface betas", sessions=len(sessions),
+                                  shape=list(nib.load(str(p)).shape), required=True))
+            r = lay.resting_file(s, hemi)
+            if r.is_file():
+                files.append(dict(path=rel(r), kind="mgh", what=f"subj{s:02d} {hemi} resting maps", required=False))
+    return json.loads(json.dumps(dict(profile=profile, description=description, files=files), default=int))

@@ -76,3 +76,40 @@ def test_store_images_annotations_and_common_grid(tmp_path):
     np.testing.assert_allclose(np.asarray(s1.train_common, np.float32),
                                (m @ np.asarray(s1.train_betas).T).T, atol=2e-2)
     assert s3.train_common.shape == (len(s3.train_image_ids), len(grid["union_ijk"]))
+
+
+def _raw_from_nsdmini(root, subject):
+    """Read NSD-mini's raw files with plain h5py/nibabel/scipy into the write_tree truth format."""
+    import h5py
+    import nibabel as nib
+    import scipy.io
+
+    mat = scipy.io.loadmat(root / "nsddata/experiments/nsd/nsd_expdesign.mat")
+    mask = nib.load(root / f"nsddata/ppdata/subj{subject:02d}/func1pt8mm/roi/nsdgeneral.nii.gz").get_fdata() == 1
+    bdir = root / f"nsddata_betas/ppdata/subj{subject:02d}/func1pt8mm/betas_fithrf_GLMdenoise_RR"
+    raws = []
+    for path in sorted(bdir.glob("betas_session*.hdf5")):
+        with h5py.File(path, "r") as f:
+            raws.append(f["betas"][()].transpose(3, 2, 1, 0))  # back to NIfTI order
+    return dict(shared=mat["sharedix"].ravel().astype(int) - 1, subjectim=mat["subjectim"].astype(int) - 1,
+                masterordering=mat["masterordering"].ravel().astype(int) - 1, raw={subject: raws},
+                masks={subject: mask})
+
+
+def test_contract_on_nsdmini_both_formats(tmp_path):
+    from neurorecon.simulate import simulate
+
+    simulate(tmp_path / "h5", profile="smoke", seed=1, betas_format="hdf5", progress=False)
+    simulate(tmp_path / "nii", profile="smoke", seed=1, betas_format="nifti", progress=False)
+    a = prepare(tmp_path / "h5", tmp_path / "store_h5", progress=False)
+    b = prepare(tmp_path / "nii", tmp_path / "store_nii", progress=False)
+    for s in (1, 2):
+        exp = expected_subject(_raw_from_nsdmini(tmp_path / "h5", s), s)
+        for store in (a, b):
+            got = load_prepared(store, s)
+            np.testing.assert_array_equal(got.voxel_ijk, exp["ijk"])
+            np.testing.assert_array_equal(got.train_image_ids, exp["train_ids"])
+            np.testing.assert_array_equal(got.test_image_ids, exp["test_ids"])
+            np.testing.assert_allclose(got.train_betas, exp["train"], atol=1e-4)
+            np.testing.assert_allclose(got.test_betas, exp["test"], atol=1e-4)
+        np.testing.assert_array_equal(load_prepared(a, s).train_flat, load_prepared(b, s).train_flat)

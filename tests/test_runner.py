@@ -1,0 +1,48 @@
+"""`make reproduce`: runs notebooks in order, stops at the first failure showing the cell, skips complete stages."""
+
+import nbformat
+import pytest
+
+from neurorecon import paths, runner
+
+
+def _nb(path, *cells):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell('import os\nprofile = os.environ.get("NEURORECON_PROFILE", "demo")')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params] + [nbformat.v4.new_code_cell(c) for c in cells]
+    nbformat.write(nb, path)
+
+
+MAKE_DATA_STAGE = """
+from neurorecon.artifacts import StageWriter
+from neurorecon.config import load_config
+from neurorecon.data.stage import DataConfig
+with StageWriter(load_config(DataConfig, profile)) as w:
+    w.add_metric("toy", 1, "all", "ran", 1)
+"""
+
+
+@pytest.mark.slow
+def test_reproduce_stops_at_failure_and_resumes(tmp_path, monkeypatch, capsys):
+    nbdir = tmp_path / "notebooks"
+    nbdir.mkdir()
+    monkeypatch.setattr(paths, "notebooks_dir", lambda: nbdir)
+    _nb(nbdir / "01_data_preparation.ipynb", MAKE_DATA_STAGE)
+    _nb(nbdir / "02_foundation_models.ipynb", "x = 1", "raise ValueError('broken on purpose')")
+    _nb(nbdir / "03_calibrated_encoding.ipynb", "open('ran03', 'w').write('yes')")
+    assert runner.reproduce("smoke") == 1
+    out = capsys.readouterr().out
+    assert "[done] 01_data_preparation.ipynb" in out
+    assert "raise ValueError('broken on purpose')" in out and "ValueError: broken on purpose" in out
+    assert "[FAIL] 02_foundation_models.ipynb" in out
+    assert not (nbdir / "ran03").exists()  # stopped at the first failure
+    assert (paths.home() / "executed/smoke/02_foundation_models.ipynb").is_file()  # executed copy kept
+    _nb(nbdir / "02_foundation_models.ipynb", "x = 1")
+    assert runner.reproduce("smoke") == 0
+    out = capsys.readouterr().out
+    assert "[skip] 01_data_preparation.ipynb" in out  # complete with the same config
+    assert "[done] 02_foundation_models.ipynb" in out and (nbdir / "ran03").exists()
+    assert runner.reproduce("smoke", force=True) == 0
+    assert "[done] 01_data_preparation.ipynb" in capsys.readouterr().out

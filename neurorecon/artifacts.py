@@ -53,6 +53,26 @@ STAGE_NOTEBOOKS = {
 }
 
 
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_partials(target):
+    """Remove ``<target>.partial-<pid>`` / ``.old-<pid>`` leftovers of processes that were killed."""
+    if not target.parent.is_dir():
+        return
+    for p in target.parent.glob(f"{target.name}.*-*"):
+        kind, _, pid = p.name[len(target.name) + 1:].rpartition("-")
+        if kind in ("partial", "old") and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 class atomic_dir:
     """Context manager: build a folder under a temporary name, rename it into place on success.
 
@@ -69,6 +89,7 @@ class atomic_dir:
         self.tmp = self.target.with_name(f"{self.target.name}.partial-{os.getpid()}")
 
     def __enter__(self):
+        _remove_stale_partials(self.target)
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
         self.tmp.mkdir(parents=True)

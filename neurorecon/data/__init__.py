@@ -4,7 +4,7 @@ from .check import check_data
 from .design import Design, read_design
 from .flatmap import FlatMap, load_flatmap
 from .layout import NSDLayout
-from .prepare import prepare
+from .preparation import prepare
 from .store import FORMAT_VERSION, PreparedStore, PreparedSubject, load_prepared, open_store
 
 __all__ = [

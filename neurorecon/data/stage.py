@@ -13,7 +13,7 @@ from ..artifacts import StageWriter, is_complete, require_stage
 from ..config import StageConfig
 from ..errors import ConfigError, DataError
 from .check import check_data
-from .prepare import prepare
+from .preparation import prepare
 from .reliability import spearman_brown, split_half_reliability
 from .store import open_store
 

@@ -241,7 +241,9 @@ class Tuning:
         colour = 0.4 + 1.0 * np.clip(u / EARLY_END, 0, 1)
         chan = np.array([1.0, 0, 0, 0, 0.5, 0.5]) + 0.5 * self._field("chan", u, v)
         chan[:, 1:4] *= colour[:, None]
-        low = sum((feats["low"][:, :, c] @ rf.T) * chan[:, c] for c in range(6))
+        n = len(feats["high"])
+        w_low = (rf[:, :, None] * chan[:, None, :]).reshape(len(u), -1).astype(np.float32)
+        low = feats["low"].reshape(n, -1) @ w_low.T
 
         theta = (v - 0.5) * np.pi
         side = np.where(hemi == 0, 1.0, -1.0)
@@ -249,9 +251,8 @@ class Tuning:
         mx, my = 0.5 + side * 0.22 * np.cos(theta), 0.5 - 0.22 * np.sin(theta)
         rfp = np.exp(-((px[None] - mx[:, None]) ** 2 + (py[None] - my[:, None]) ** 2) / (2 * 0.2 ** 2))
         rfp /= rfp.sum(1, keepdims=True)
-        n = len(feats["high"])
-        wc = (self._field("color", u, v)[:, :, None] * rfp[:, None, :]).reshape(len(u), -1)
-        ws = (self._field("shape", u, v)[:, :, None] * rfp[:, None, :]).reshape(len(u), -1)
+        wc = (self._field("color", u, v)[:, :, None] * rfp[:, None, :]).reshape(len(u), -1).astype(np.float32)
+        ws = (self._field("shape", u, v)[:, :, None] * rfp[:, None, :]).reshape(len(u), -1).astype(np.float32)
         mid = feats["colpos"].reshape(n, -1) @ wc.T + feats["shapepos"].reshape(n, -1) @ ws.T
 
         wh = self._field("high", u, v)
@@ -259,9 +260,9 @@ class Tuning:
         wh[:, :nc] = wh[:, :nc] * (0.4 + v[:, None]) + 0.3 * np.sign(wh[:, :nc]) * v[:, None]
         wh[:, nc:nc + 3] *= (1.4 - v[:, None])
         wh[:, nc + 3:] *= (0.4 + v[:, None])
-        high = feats["high"] @ wh.T
+        high = feats["high"] @ wh.T.astype(np.float32)
 
-        lw = level_weights(u)
+        lw = level_weights(u).astype(np.float32)
         total = lw[:, 0] * _zscore(low) + lw[:, 1] * _zscore(mid) + lw[:, 2] * _zscore(high)
         return _zscore(total).astype(np.float32)
 
@@ -281,6 +282,8 @@ class Anatomy:
         Sheet coordinates and hemisphere of the nsdgeneral voxels.
     prf, streams : numpy.ndarray
         int16 label volumes (-1 outside the brain).
+    prf_vals, stream_vals : numpy.ndarray
+        The labels of the nsdgeneral voxels.
     """
 
     def __init__(self, **kw):

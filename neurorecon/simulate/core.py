@@ -59,6 +59,11 @@ def _save_mgh(data, path):
     nib.save(nib.MGHImage(np.ascontiguousarray(data, np.float32)[:, None, None, :], np.eye(4)), path)
 
 
+def _polygon_area(p):
+    x, y = p[:, 0], p[:, 1]
+    return 0.5 * abs(x[:-1] @ y[1:] - y[:-1] @ x[1:] + x[-1] * y[0] - y[-1] * x[0])
+
+
 def _render_stimuli(cfg, design, seed, root, bar):
     """Draw every image, write the brick and the COCO annotations; return the scenes and the image features."""
     n = design.n_total
@@ -84,8 +89,7 @@ def _render_stimuli(cfg, design, seed, root, bar):
             pts = np.concatenate(polys)
             x0, y0 = np.clip(pts.min(0), 0, S)
             x1, y1 = np.clip(pts.max(0), 0, S)
-            area = sum(0.5 * abs(np.dot(p[:, 0], np.roll(p[:, 1], 1)) - np.dot(p[:, 1], np.roll(p[:, 0], 1)))
-                       for p in polys)
+            area = sum(_polygon_area(p) for p in polys)  # parts barely overlap
             n_inst += 1
             part["instances"].append(dict(
                 id=n_inst, image_id=coco_id, category_id=scenes.CATEGORY_IDS[obj["category"]],
@@ -99,7 +103,7 @@ def _render_stimuli(cfg, design, seed, root, bar):
     stim = root / "nsddata_stimuli/stimuli/nsd"
     (stim / "annotations").mkdir(parents=True)
     with h5py.File(stim / "nsd_stimuli.hdf5", "w") as f:
-        f.create_dataset("imgBrick", data=brick, chunks=(1, S, S, 3), compression="gzip", compression_opts=4,
+        f.create_dataset("imgBrick", data=brick, chunks=(1, S, S, 3), compression="gzip", compression_opts=1,
                          track_times=False)
     info = dict(description="NSD-mini simulated scenes (neurorecon.simulate)", version="1.0")
     for s, part in coco.items():
@@ -139,10 +143,11 @@ def _signal_model(cfg, tuning, feats, u, v, hemi, gain, noise_factor, rng):
 
 
 def _volume_noise(cfg, rng, n, anat, sd):
-    """(n, X, Y, Z) noise: a spatially smooth part and an independent part, scaled to ``sd`` per voxel."""
-    white = rng.normal(size=(n, *anat.shape)).astype(np.float32)
-    smooth = gaussian_filter(rng.normal(size=(n, *anat.shape)).astype(np.float32), sigma=(0, 1, 1, 1))
-    smooth /= smooth.std() + 1e-8
+    """(n, X, Y, Z) noise: spatially smooth and independent parts (their shares of the variance), times ``sd``."""
+    white = rng.standard_normal((n, *anat.shape), dtype=np.float32)
+    smooth = gaussian_filter(rng.standard_normal((n, *anat.shape), dtype=np.float32), sigma=(0, 1, 1, 1))
+    kernel = np.exp(-0.5 * np.arange(-4, 5) ** 2)  # gaussian_filter's sigma=1 kernel: unit variance inside
+    smooth /= np.sqrt(((kernel / kernel.sum()) ** 2).sum() ** 3)
     return (np.sqrt(cfg.smooth_noise) * smooth + np.sqrt(1 - cfg.smooth_noise - cfg.feature_noise) * white) * sd
 
 
@@ -151,7 +156,7 @@ def _surface_noise(cfg, rng, n, u, v, sd):
     field = brain.SmoothField(rng, 1, _SURFACE_NOISE_COMPONENTS, max_freq=4.0)
     coef = rng.normal(0, np.sqrt(2.0 / _SURFACE_NOISE_COMPONENTS), (n, _SURFACE_NOISE_COMPONENTS))
     smooth = coef @ field.basis(u, v).T
-    white = rng.normal(size=(n, len(u)))
+    white = rng.standard_normal((n, len(u)), dtype=np.float32)
     white = np.sqrt(1 - cfg.smooth_noise - cfg.feature_noise) * white
     return ((np.sqrt(cfg.smooth_noise) * smooth + white) * sd).astype(np.float32)
 
@@ -193,9 +198,10 @@ def _simulate_subject(cfg, seed, s, design, feats, layout, root, betas_format, b
                                                noise_factor, rng)
     ncsnr = np.zeros(anat.shape, np.float32)
     ncsnr[anat.general] = amp / noise_sd
-    outside = np.sqrt(1 - cfg.smooth_noise) / np.sqrt(1 - cfg.smooth_noise - cfg.feature_noise)
-    vol_sd = np.where(anat.brain, cfg.outside_noise * noise_factor * outside, 0.0).astype(np.float32)
-    vol_sd[anat.general] = noise_sd  # outside nsdgeneral the independent part also takes the feature part
+    # brain voxels outside nsdgeneral get no signal-like noise: scale them so their total sd is outside_noise
+    boost = 1 / np.sqrt(1 - cfg.feature_noise)
+    vol_sd = np.where(anat.brain, cfg.outside_noise * noise_factor * boost, 0.0).astype(np.float32)
+    vol_sd[anat.general] = noise_sd
 
     # surface: common vertices with a small subject-specific misalignment
     mis = brain.SmoothField(rng, 2, 8, max_freq=1.5)
@@ -229,8 +235,8 @@ def _simulate_subject(cfg, seed, s, design, feats, layout, root, betas_format, b
         for h, (u, v, hsig, hev, hsd, _) in zip(("lh", "rh"), surf):
             sb = _surface_noise(cfg, srng, len(cols), u, v, hsd)
             sb += np.sqrt(cfg.feature_noise) * tuning.responses(fluct, u, v, np.full(len(u), h)) * hsd
-            sb += (1 + srng.normal(0, cfg.drift_gain, len(u))) * (hev + hsig[cols]) + srng.normal(0, cfg.drift_offset,
-                                                                                                len(u))
+            hgain = 1 + srng.normal(0, cfg.drift_gain, len(u))
+            sb += hgain * (hev + hsig[cols]) + srng.normal(0, cfg.drift_offset, len(u))
             _save_mgh(sb.T, sdir / f"{h}.betas_session{ses + 1:02d}.mgh")
         bar.update(1)
 
@@ -239,8 +245,8 @@ def _simulate_subject(cfg, seed, s, design, feats, layout, root, betas_format, b
     rest_feats = brain.random_features(rrng, cfg.n_rest, cfg.feature_grid)
     rdir = root / f"nsdmini_resting/subj{s:02d}"
     rdir.mkdir(parents=True)
-    for h, (u, v, _, hev, hsd, hamp) in zip(("lh", "rh"), surf):
-        act = tuning.responses(rest_feats, u, v, np.full(len(u), h)) * hamp + hev
+    for h, (u, v, _, _, hsd, hamp) in zip(("lh", "rh"), surf):
+        act = tuning.responses(rest_feats, u, v, np.full(len(u), h)) * hamp
         act += _surface_noise(cfg, rrng, cfg.n_rest, u, v, hsd)
         _save_mgh(act.T, rdir / f"{h}.resting.mgh")
     bar.update(1)

@@ -205,8 +205,8 @@ def render_scene(scene, size, rng, supersample=4):
             draw.polygon([tuple(p) for p in frac * R], fill=colors[role], outline=_OUTLINE, width=width)
             polys.append(frac * size)
         polygons.append(polys)
-    small = np.asarray(img.resize((size, size), Image.LANCZOS), dtype=np.float32)
-    small += rng.normal(0, 3.0, small.shape)
+    small = np.asarray(img.reduce(supersample), dtype=np.float32)  # box-filter downsampling (antialiased)
+    small += 3.0 * rng.standard_normal(small.shape, dtype=np.float32)
     return np.clip(np.rint(small), 0, 255).astype(np.uint8), polygons
 
 
@@ -266,9 +266,19 @@ def scene_captions(scene, rng, n=5):
         counts[o["category"]] = counts.get(o["category"], 0) + 1
     by_cat = [(_NUMBERS[c] + " " + PLURALS[cat]) if c > 1 else _article(cat) for cat, c in counts.items()]
     if k >= 2:
-        a, b = objs[int(rng.integers(k))], None
-        b = [o for o in objs if o is not a][int(rng.integers(k - 1))]
-        relation = f"{_desc(a)} {_relation(a, b)} {_desc(b)} {bg_prep}"
+        def name(o):  # the shortest phrase naming o unambiguously, or None
+            for size in (False, True):
+                if [_desc(p, size) for p in objs].count(_desc(o, size)) == 1:
+                    return _desc(o, size)
+            return None
+
+        pairs = [(a, b) for a in objs for b in objs if a is not b
+                 and ((name(a) and name(b)) or _desc(a, True) == _desc(b, True))]
+        a, b = pairs[int(rng.integers(len(pairs)))]
+        if name(a) and name(b):
+            relation = f"{name(a)} {_relation(a, b)} {name(b)} {bg_prep}"
+        else:  # two identical objects
+            relation = f"one {a['color']} {a['category']} is {_relation(a, b)} the other {bg_prep}"
         counted = f"{_NUMBERS[k]} objects {bg_prep}: {_join(_grouped(objs))}"
     else:
         relation = f"{_desc(objs[0], True)} {_WHERE_IMAGE[objs[0]['position']]}"

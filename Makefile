@@ -23,10 +23,16 @@ reproduce: $(STAMP)
 
 ## pytest on the package, then every notebook under nbval in the smoke profile, in a temporary home.
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider -m "not browser" tests
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
 	  NEURORECON_HOME=$$tmp/home NEURORECON_FIGURES=$$tmp/figures NEURORECON_PROFILE=smoke \
 	  $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env notebooks/
+
+## JupyterLab in headless Chromium (Debian chromium + chromium-driver, installed here when apt is available).
+test-browser: $(STAMP)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) >/dev/null; }
+	$(PY) -m pytest -q -p no:cacheprovider -m browser -s tests/browser
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py

@@ -45,6 +45,8 @@ def _wait_http(url, seconds=90):
 @pytest.fixture
 def lab(tmp_path):
     port, token = _free_port(), secrets.token_hex(16)
+    root = tmp_path / "served"  # a copy: JupyterLab may save metadata into the notebooks it opens
+    shutil.copytree(ROOT / "notebooks", root / "notebooks")
     settings = tmp_path / "lab-settings/@jupyterlab/notebook-extension"
     settings.mkdir(parents=True)
     (settings / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')  # render every cell
@@ -54,7 +56,7 @@ def lab(tmp_path):
     env = {**os.environ, "NEURORECON_HOME": str(tmp_path / "home"), "NEURORECON_PROFILE": "smoke",
            "NEURORECON_FIGURES": str(tmp_path / "figures"), "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter")}
     cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", "--ip", "127.0.0.1",
-           f"--port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={ROOT}",
+           f"--port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
            f"--LabApp.user_settings_dir={tmp_path / 'lab-settings'}", f"--LabApp.workspaces_dir={tmp_path / 'ws'}",
            "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
     server = subprocess.Popen(cmd, env=env, stdout=open(tmp_path / "lab.log", "w"), stderr=subprocess.STDOUT)
@@ -98,7 +100,7 @@ def test_notebook01_first_cells_run_in_jupyterlab(lab, tmp_path):
         wait = WebDriverWait(driver, 120)
         wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".jp-Notebook .jp-Cell")))
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-Notebook-ExecutionIndicator[data-status='idle']"))
-        n_cells = len(json.loads((ROOT / NOTEBOOK).read_text())["cells"])
+        n_cells = len(json.loads((ROOT / NOTEBOOK).read_text())["cells"])  # the served copy is identical
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell")) == n_cells)
         cells = driver.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell")
         cells[0].click()

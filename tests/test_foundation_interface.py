@@ -20,8 +20,10 @@ def test_tiny_foundation_shapes_and_round_trips():
     eps = fm.unet(z, torch.tensor([10, 20, 30]), encoder_hidden_states=tokens[:1].expand(3, -1, -1)).sample
     assert eps.shape == z.shape
     eps = fm.unclip_unet(z, torch.tensor([10, 20, 30]), encoder_hidden_states=tokens[:1].expand(3, -1, -1),
-                         class_labels=fm.image_embeds(images)).sample
+                         class_labels=fm.unclip_class_labels(fm.image_embeds(images, normalize=False), 100)).sample
     assert eps.shape == z.shape
+    imgs = fm.sample(tokens, num_steps=2, scheduler="dpm++", image_embeds=fm.image_embeds(images[:2], normalize=False))
+    assert imgs.shape == (2, 3, 32, 32) and 0 <= imgs.min() and imgs.max() <= 1
     for kind in ("ddim", "dpm++", "ddpm"):
         sched = fm.make_scheduler(kind)
         assert sched.config.num_train_timesteps == 1000 and sched.config.beta_schedule == "scaled_linear"

@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+
+from neurorecon.metrics import pearson_matrix, pixcorr, retrieval_top1, two_way_identification
+
+
+def loop_two_way(gt, rec):
+    n = len(gt)
+    scores = []
+    for j in range(n):
+        rjj = np.corrcoef(gt[j].ravel(), rec[j].ravel())[0, 1]
+        wins = sum(np.corrcoef(gt[i].ravel(), rec[j].ravel())[0, 1] < rjj for i in range(n) if i != j)
+        scores.append(wins / (n - 1))
+    return float(np.mean(scores))
+
+
+def test_two_way_matches_loop_and_extremes():
+    rng = np.random.default_rng(0)
+    gt = rng.normal(size=(30, 4, 5))
+    rec = gt + rng.normal(scale=2.0, size=gt.shape)
+    fast, per = two_way_identification(gt, rec, return_per_item=True)
+    assert fast == pytest.approx(loop_two_way(gt, rec), abs=1e-12)
+    assert per.shape == (30,) and 0.5 < fast < 1.0
+    assert two_way_identification(gt, gt) == 1.0
+    # reversed order of reconstructions: far below chance for structured data
+    assert two_way_identification(gt, rec[::-1]) < 0.7
+    # random features hover around chance
+    assert abs(two_way_identification(rng.normal(size=(200, 50)), rng.normal(size=(200, 50))) - 0.5) < 0.05
+
+
+def test_two_way_is_strict_and_asymmetric_in_roles():
+    gt = np.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    rec = gt.copy()
+    # the two identical ground truths tie (r = r_jj): ties do not count as wins
+    assert two_way_identification(gt, rec) == pytest.approx((0.5 + 0.5 + 1.0) / 3)
+    r = pearson_matrix(gt, rec[[2, 0, 1]])
+    assert r.shape == (3, 3)
+    with pytest.raises(ValueError):
+        two_way_identification(gt[:1], rec[:1])
+
+
+def test_retrieval_top1():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(50, 8))
+    assert retrieval_top1(a, a) == (1.0, 1.0)
+    i2t, t2i = retrieval_top1(a, rng.normal(size=(50, 8)))
+    assert i2t < 0.2 and t2i < 0.2
+
+
+def test_pixcorr_matches_corrcoef():
+    rng = np.random.default_rng(2)
+    gt = rng.random((6, 8, 8, 3))
+    rec = gt + rng.normal(scale=0.3, size=gt.shape)
+    expected = np.mean([np.corrcoef(g.ravel(), r.ravel())[0, 1] for g, r in zip(gt, rec)])
+    assert pixcorr(gt, rec) == pytest.approx(expected, abs=1e-12)
+    assert pixcorr(gt, gt) == pytest.approx(1.0)

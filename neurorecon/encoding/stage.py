@@ -1,0 +1,153 @@
+"""Stage ``encoding`` (notebook 03): pretrain the calibrated fMRI autoencoder and measure held-out reconstruction.
+
+Pretraining pool: the unlabeled resting maps (the UK Biobank analog) plus the single training trials of every
+subject except ``holdout_subjects``; a held-out subject's maps (resting included) are never seen, so its test R²
+measures how well the shared grid + shared encoder transfer to a new brain. Reported per subject:
+``R² = 1 − Σ(x − x̂)² / Σ(x − x̄)²`` over the visual-mask pixels of the subject's repetition-averaged test maps, with
+x̄ the subject's mean test map (so predicting the mean map scores 0).
+"""
+
+import dataclasses
+import json
+import shutil
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .. import paths
+from ..artifacts import StageWriter, is_complete, require_stage
+from ..config import StageConfig
+from ..data import open_store
+from ..data.stage import store_path
+from ..training import fit, make_accelerator
+from .data import StackedMaps, check_flat, pretraining_arrays, visual_mask
+from .model import FMRIAutoencoder, FMRIEncoder, masked_mse
+
+__all__ = ["EncodingConfig", "run_encoding_stage", "build_autoencoder", "reconstruct", "reconstruction_r2",
+           "load_encoder", "load_autoencoder", "checkpoint_dir"]
+
+
+@dataclasses.dataclass
+class EncodingConfig(StageConfig):
+    """Config of the encoding stage (``neurorecon/configs/encoding.yaml``)."""
+
+    STAGE = "encoding"
+    NOTEBOOK = "03_calibrated_encoding"
+
+    patch: int = 8
+    width: int = 64
+    depth: int = 2
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    decoder_width: int = 64
+    decoder_depth: int = 1
+    decoder_heads: int = 4
+    bottleneck_mult: int = 2
+    holdout_subjects: list[int] = dataclasses.field(default_factory=lambda: [8])
+    use_resting: bool = True
+    use_trials: bool = True
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 1.0e-3
+    weight_decay: float = 0.01
+    seed: int = 0
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    ckpt_every: int = 0
+    keep_checkpoints: bool = False
+    num_threads: Optional[int] = None
+    eval_batch: int = 256
+
+
+def checkpoint_dir(cfg):
+    """Training checkpoints of a stage config (outside the atomically written stage folder, so a killed run
+    resumes): ``artifacts/<profile>/<stage>.ckpt/<digest>``."""
+    return paths.artifacts_dir(cfg.profile) / f"{cfg.STAGE}.ckpt" / cfg.digest()
+
+
+def build_autoencoder(cfg, map_size, seed=None):
+    """A fresh :class:`FMRIAutoencoder` of the config's shape (seeded)."""
+    torch.manual_seed(cfg.seed if seed is None else seed)
+    return FMRIAutoencoder(map_size=map_size, patch=cfg.patch, width=cfg.width, depth=cfg.depth, heads=cfg.heads,
+                           mlp_ratio=cfg.mlp_ratio, decoder_width=cfg.decoder_width, decoder_depth=cfg.decoder_depth,
+                           decoder_heads=cfg.decoder_heads, bottleneck_mult=cfg.bottleneck_mult)
+
+
+@torch.no_grad()
+def reconstruct(model, maps, batch_size=256):
+    """Autoencoder reconstructions (n, H, W) float32 of maps (n, H, W)."""
+    model.eval()
+    out = [model(torch.from_numpy(np.asarray(maps[i:i + batch_size], dtype=np.float32))).float()
+           for i in range(0, len(maps), batch_size)]
+    return torch.cat(out).numpy()
+
+
+def reconstruction_r2(maps, recon, mask):
+    """Variance-weighted R² inside ``mask`` (see the module docstring)."""
+    x = np.asarray(maps, dtype=np.float64)[:, mask]
+    r = np.asarray(recon, dtype=np.float64)[:, mask]
+    return float(1.0 - ((x - r) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
+
+
+def load_encoder(profile):
+    """The pretrained :class:`FMRIEncoder` of a profile's complete encoding stage."""
+    return FMRIEncoder.from_pretrained(require_stage("encoding", profile) / "encoder")
+
+
+def load_autoencoder(profile):
+    """The whole pretrained :class:`FMRIAutoencoder` (encoder + decoder) of a profile."""
+    return FMRIAutoencoder.from_pretrained(require_stage("encoding", profile) / "autoencoder")
+
+
+def run_encoding_stage(cfg, force=False, progress=True):
+    """Pretrain the autoencoder, evaluate test R² per subject, write the stage; returns its folder.
+
+    Reuses a stage already complete with the same config unless ``force``. Runs under ``torchrun`` /
+    ``accelerate launch`` too (every process trains; the main process evaluates and writes).
+    """
+    folder = paths.stage_dir(cfg.STAGE, cfg.profile)
+    if not force and is_complete(cfg.STAGE, cfg.profile, cfg.digest()):
+        return folder
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    store = open_store(store_path(cfg.profile))
+    size = check_flat(store)[0]
+    mask = visual_mask(store)
+    train_subjects = [s for s in store.subjects if s not in cfg.holdout_subjects]
+    arrays, counts = pretraining_arrays(store, train_subjects, cfg.use_resting, cfg.use_trials)
+    data = StackedMaps(arrays)
+    model = build_autoencoder(cfg, size)
+    mask_t = torch.from_numpy(mask)
+    acc = make_accelerator(cfg.mixed_precision)
+    ckpt = checkpoint_dir(cfg)
+    cpu0 = time.process_time()
+    result = fit(model, lambda m, b, g: masked_mse(m(b["maps"]), b["maps"], mask_t), data, steps=cfg.steps,
+                 batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed, ckpt_dir=ckpt,
+                 ckpt_every=cfg.ckpt_every, mixed_precision=cfg.mixed_precision,
+                 gradient_checkpointing=cfg.gradient_checkpointing, desc="fMRI autoencoder", progress=progress,
+                 accelerator=acc)
+    cpu = time.process_time() - cpu0
+    if acc.is_main_process:
+        t0 = time.time()
+        with StageWriter(cfg) as w:
+            model.save_pretrained(w.path / "autoencoder")
+            model.encoder.save_pretrained(w.path / "encoder")
+            np.save(w.path / "visual_mask.npy", mask)
+            (w.path / "losses.json").write_text(json.dumps(result.losses))
+            (w.path / "pool.json").write_text(json.dumps(dict(subjects=train_subjects, counts=counts)))
+            w.add_metric("autoencoder", "all", "train", "seconds", result.seconds)
+            w.add_metric("autoencoder", "all", "train", "cpu_seconds", cpu)
+            w.add_metric("autoencoder", "all", "train", "n_maps", len(data))
+            w.add_metric("autoencoder", "all", "train", "final_loss", np.mean([v for _, v in result.losses[-20:]]))
+            for s in store.subjects:
+                sub = store.subject(s)
+                r2 = reconstruction_r2(sub.test_flat, reconstruct(model, sub.test_flat, cfg.eval_batch), mask)
+                w.add_metric("autoencoder", s, "test", "r2", r2)
+                w.add_metric("autoencoder", s, "test", "in_pretraining", float(s in train_subjects))
+            w.add_metric("autoencoder", "all", "test", "eval_seconds", time.time() - t0)
+        if not cfg.keep_checkpoints:
+            shutil.rmtree(ckpt, ignore_errors=True)
+    acc.wait_for_everyone()
+    return folder

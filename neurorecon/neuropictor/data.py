@@ -1,0 +1,119 @@
+"""(fMRI flat map, image) training pairs for NeuroPictor, with cached VAE latents.
+
+Repetitions: NSD shows each training image up to 3 times. NeuroPictor trained on one sample per (subject, image);
+``repetitions="average"`` (our default) follows that with the mean of the image's trials, which also matches
+the test inputs (repetition-averaged, as the field evaluates). ``repetitions="trials"`` keeps every single trial
+as its own sample (3× the samples, each noisier: a form of noise augmentation).
+
+Latents are the VAE posterior means of the training images, computed once (the VAE is frozen) into a cache folder
+as ``.npy`` files the processes memory-map; in multi-process runs the main process writes them and the others
+wait. Caption tokens for the semantic loss are computed per batch by the frozen text tower.
+"""
+
+import json
+
+import numpy as np
+import torch
+
+from ..data.store import average_by_image
+from ..errors import DataError
+
+__all__ = ["subject_pairs", "PairBatches", "cache_latents", "caption_lists"]
+
+
+def subject_pairs(store, subject, repetitions="average"):
+    """One subject's training samples: (flat maps (n, H, W) float16, image ids (n,))."""
+    sub = store.subject(subject)
+    if sub.train_flat is None:
+        raise DataError(sub.folder / "train_flat.npy", "training flat maps (NeuroPictor's input)", "no such file")
+    if repetitions == "average":
+        ids, maps = average_by_image(np.asarray(sub.train_flat), sub.train_image_ids)
+        return maps.astype(np.float16), ids
+    if repetitions == "trials":
+        return sub.train_flat, np.asarray(sub.train_image_ids)
+    raise ValueError(f"repetitions must be 'average' or 'trials', got {repetitions!r}")
+
+
+def cache_latents(fm, store, image_ids, folder, accelerator=None, batch_size=64):
+    """VAE latents of ``image_ids`` (sorted unique) cached as ``folder/latents.npy`` (float32, memory-mapped)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path, ids_path = folder / "latents.npy", folder / "latent_ids.npy"
+    main = accelerator is None or accelerator.is_main_process
+    ok = ids_path.is_file() and path.is_file() and np.array_equal(np.load(ids_path), image_ids)
+    if main and not ok:
+        tmp = folder / "latents.partial.npy"
+        out = None
+        for i in range(0, len(image_ids), batch_size):
+            z = fm.encode_images(store.get_images(image_ids[i:i + batch_size])).cpu().numpy()
+            if out is None:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                                shape=(len(image_ids),) + z.shape[1:])
+            out[i:i + len(z)] = z
+        out.flush()
+        del out
+        tmp.replace(path)
+        np.save(ids_path, image_ids)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    return np.load(path, mmap_mode="r")
+
+
+def caption_lists(store, image_ids):
+    """The captions of each image (list of lists of str)."""
+    ann = store.annotations
+    out = []
+    for i in image_ids:
+        caps = ann.get(int(i), {}).get("captions") or []
+        if not caps:
+            raise DataError(store.folder / "annotations.json", f"captions for image {int(i)}", "none")
+        out.append(list(caps))
+    return out
+
+
+class PairBatches:
+    """Batch source over (flat map, image) pairs of several subjects.
+
+    ``batch(idx)`` returns ``{"maps": float32 (b, H, W), "latents": float32 (b, C, h, w)}`` plus ``"captions"``
+    (a list of caption lists, for the semantic loss) when ``captions`` is given.
+
+    Parameters
+    ----------
+    maps : list of (n_i, H, W) arrays
+    image_ids : list of (n_i,) arrays
+    latent_ids : (m,) sorted unique ids, latents : (m, C, h, w) array
+    captions : list of caption lists aligned with ``latent_ids``, optional
+    """
+
+    def __init__(self, maps, image_ids, latent_ids, latents, captions=None):
+        self.maps = list(maps)
+        self.offsets = np.cumsum([0] + [len(m) for m in self.maps])
+        ids = np.concatenate([np.asarray(i) for i in image_ids])
+        self.rows = np.searchsorted(latent_ids, ids)
+        if not np.array_equal(np.asarray(latent_ids)[np.minimum(self.rows, len(latent_ids) - 1)], ids):
+            raise ValueError("some image ids have no cached latent")
+        self.latents = latents
+        self.captions = captions
+
+    def __len__(self):
+        return int(self.offsets[-1])
+
+    def batch(self, indices):
+        indices = np.asarray(indices)
+        maps = np.empty((len(indices),) + self.maps[0].shape[1:], dtype=np.float32)
+        which = np.searchsorted(self.offsets, indices, side="right") - 1
+        for k in np.unique(which):
+            sel = np.nonzero(which == k)[0]
+            local = indices[sel] - self.offsets[k]
+            order = np.argsort(local)
+            maps[sel[order]] = self.maps[k][local[order]]
+        rows = self.rows[indices]
+        order = np.argsort(rows)
+        lat = np.empty((len(indices),) + self.latents.shape[1:], dtype=np.float32)
+        lat[order] = self.latents[rows[order]]
+        out = {"maps": torch.from_numpy(maps), "latents": torch.from_numpy(lat)}
+        if self.captions is not None:
+            out["captions"] = [self.captions[r] for r in rows]
+        return out
+
+    def describe(self):
+        return json.dumps({"samples": len(self), "images": int(len(np.unique(self.rows)))})

@@ -1,0 +1,354 @@
+"""Stages ``pretrain`` (notebook 04) and ``refine`` (notebook 05) of NeuroPictor.
+
+``pretrain``: every subject of the profile, one sample per (subject, image) (the mean of its training trials, see
+:mod:`.data`), eps-MSE only, no CFG masking. The fMRI encoder starts from stage ``encoding``; the ControlNet
+from the foundation UNet; heads and hint mapper fresh.
+
+``refine``: one subject (``subject``), starting from the pretrained model, with the zero-initialised parallel
+residual branch on the semantic head and the semantic loss (0.1 × MSE to a random caption's text tokens); then
+the ``_mask`` variant continues from the refined weights with 5 % of contexts replaced by the empty prompt's
+(lower learning rate). Both models are evaluated on the subject's test images beside the pretrain-only model,
+each also fed shuffled fMRI (a derangement of the test maps: identification must fall to chance), and the final
+model is swept over the control scale.
+
+Checkpoints live outside the atomically written stage folder (``artifacts/<profile>/<stage>.ckpt/<key>``) so a
+killed run resumes; the key covers the config and the upstream stages' completion markers.
+"""
+
+import copy
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .. import paths
+from ..artifacts import StageWriter, is_complete, read_marker, read_metrics, require_stage
+from ..config import StageConfig
+from ..data import open_store
+from ..data.stage import store_path
+from ..encoding import load_encoder
+from ..errors import ConfigError
+from ..training import fit, make_accelerator
+from .data import PairBatches, cache_latents, caption_lists, subject_pairs
+from .evaluate import (SampleSettings, evaluate_reconstructions, load_pipeline, pipeline_from_model,
+                       reconstruct, save_model)
+from .metrics import image_metrics
+from .model import NeuroPictorModel, build_neuropictor
+
+__all__ = ["PretrainConfig", "RefineConfig", "run_pretrain_stage", "run_refine_stage", "load_stage_foundation",
+           "train_neuropictor", "stage_checkpoint_dir", "sample_settings"]
+
+
+@dataclasses.dataclass
+class _Common(StageConfig):
+    repetitions: str = "average"
+    batch_size: int = 32
+    weight_decay: float = 0.01
+    seed: int = 0
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    ckpt_every: int = 50
+    keep_checkpoints: bool = False
+    num_threads: Optional[int] = None
+    # validation sampling
+    n_eval: int = 0
+    n_figure: int = 8
+    num_inference_steps: int = 20
+    guidance_scale: float = 5.0
+    control_scale: float = 1.0
+    scheduler: str = "ddim"
+    eval_seed: int = 42
+    eval_batch: int = 50
+    shuffle_seed: int = 0
+
+
+@dataclasses.dataclass
+class PretrainConfig(_Common):
+    """Config of the multi-subject pretraining stage (``neurorecon/configs/pretrain.yaml``)."""
+
+    STAGE = "pretrain"
+    NOTEBOOK = "04_multisubject_pretraining"
+
+    subjects: Optional[list[int]] = None
+    semantic_mid: int = 32
+    steps: int = 200
+    lr: float = 1.0e-3
+    cfg_mask_prob: float = 0.0
+    eval_subjects: list[int] = dataclasses.field(default_factory=lambda: [1])
+
+
+@dataclasses.dataclass
+class RefineConfig(_Common):
+    """Config of the single-subject refinement stage (``neurorecon/configs/refine.yaml``)."""
+
+    STAGE = "refine"
+    NOTEBOOK = "05_singlesubject_refinement"
+
+    subject: int = 1
+    steps: int = 100
+    lr: float = 1.0e-3
+    semantic_weight: float = 0.1
+    mask_steps: int = 40
+    mask_lr: float = 1.0e-4
+    mask_cfg_prob: float = 0.05
+    control_scales: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+
+
+def sample_settings(cfg):
+    """The validation :class:`SampleSettings` of a stage config."""
+    return SampleSettings(cfg.num_inference_steps, cfg.guidance_scale, cfg.control_scale, cfg.scheduler,
+                          cfg.eval_seed, cfg.eval_batch)
+
+
+def load_stage_foundation(profile):
+    """The frozen foundation of a profile (without the language model)."""
+    from ..foundation import load_foundation
+
+    return load_foundation(profile, with_lm=False)
+
+
+def stage_checkpoint_dir(cfg, upstream):
+    """``artifacts/<profile>/<stage>.ckpt/<key>``: key = hash of the config and the upstream stages' markers."""
+    blob = json.dumps([cfg.digest()] + [read_marker(s, cfg.profile) for s in upstream], sort_keys=True, default=str)
+    return paths.artifacts_dir(cfg.profile) / f"{cfg.STAGE}.ckpt" / hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _check(cfg):
+    if cfg.repetitions not in ("average", "trials"):
+        raise ConfigError(f"{cfg.STAGE} config: repetitions must be 'average' or 'trials', got {cfg.repetitions!r}")
+    if cfg.scheduler not in ("ddim", "dpm++"):
+        raise ConfigError(f"{cfg.STAGE} config: scheduler must be 'ddim' or 'dpm++', got {cfg.scheduler!r}")
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+
+
+def train_neuropictor(model, data, fm, *, steps, batch_size, lr, weight_decay, seed, ckpt_dir, ckpt_every,
+                      mixed_precision="no", gradient_checkpointing=False, desc="NeuroPictor", progress=True,
+                      accelerator=None, stop_after=None):
+    """:func:`neurorecon.training.fit` with NeuroPictor's loss. With a semantic weight, each sample's target is
+    the text tokens of one of its image's captions, drawn from the step's generator (resume-exact)."""
+    semantic = model.semantic_weight > 0
+
+    def loss_fn(m, batch, gen):
+        caps = None
+        if semantic:
+            pick = torch.randint(0, 1 << 20, (len(batch["captions"]),), generator=gen).tolist()
+            texts = [c[k % len(c)] for c, k in zip(batch["captions"], pick)]
+            caps = fm.text_tokens(texts).to(batch["latents"].device)
+        return m(batch["maps"], batch["latents"], caps, gen)
+
+    return fit(model, loss_fn, data, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
+               ckpt_dir=ckpt_dir, ckpt_every=ckpt_every, mixed_precision=mixed_precision,
+               gradient_checkpointing=gradient_checkpointing, desc=desc, progress=progress, accelerator=accelerator,
+               stop_after=stop_after)
+
+
+def _pairs(fm, store, subjects, repetitions, cache, acc, captions=False):
+    maps, ids = zip(*[subject_pairs(store, s, repetitions) for s in subjects])
+    latent_ids = np.unique(np.concatenate(ids))
+    latents = cache_latents(fm, store, latent_ids, cache, acc)
+    caps = caption_lists(store, latent_ids) if captions else None
+    return PairBatches(maps, ids, latent_ids, latents, caps)
+
+
+def _eval_set(store, subject, n_eval):
+    sub = store.subject(subject)
+    n = len(sub.test_image_ids) if n_eval <= 0 else min(n_eval, len(sub.test_image_ids))
+    ids = sub.test_image_ids[:n]
+    gt = torch.from_numpy(store.get_images(ids)).permute(0, 3, 1, 2).float() / 255.0
+    return ids, np.asarray(sub.test_flat[:n], dtype=np.float32), gt
+
+
+def _semantic_mse(fm, conditioner, store, ids, maps):
+    """Mean squared error between the main semantic head's output and the first caption's text tokens."""
+    with torch.no_grad():
+        _, _, main = conditioner(torch.from_numpy(maps))
+        target = fm.text_tokens([store.annotations[int(i)]["captions"][0] for i in ids])
+    return float(torch.mean((main.float() - target.float()) ** 2))
+
+
+def _evaluate(fm, pipe, store, subject, cfg, method, w, saved):
+    """pretrain_only/refined/... and the shuffled control on one subject; records metrics, keeps images."""
+    ids, maps, gt = _eval_set(store, subject, cfg.n_eval)
+    settings = sample_settings(cfg)
+    t0, c0 = time.time(), time.process_time()
+    m, rec = evaluate_reconstructions(fm, pipe, maps, gt, settings)
+    seconds, cpu = time.time() - t0, time.process_time() - c0
+    ms, _ = evaluate_reconstructions(fm, pipe, maps, gt, settings, shuffle_seed=cfg.shuffle_seed)
+    for k, v in m.items():
+        w.add_metric(method, subject, "test", k, v)
+    for k, v in ms.items():
+        w.add_metric(f"{method}_shuffled", subject, "test", k, v)
+    w.add_metric(method, subject, "test", "semantic_mse", _semantic_mse(fm, pipe.conditioner, store, ids, maps))
+    w.add_metric(method, subject, "test", "sample_seconds", seconds)
+    w.add_metric(method, subject, "test", "sample_cpu_seconds", cpu)
+    w.add_metric(method, subject, "test", "n_images", len(ids))
+    saved[f"{method}_subj{subject:02d}"] = rec.numpy().astype(np.float16)
+    saved[f"ids_subj{subject:02d}"] = ids
+    return m, ms
+
+
+def run_pretrain_stage(cfg, force=False, progress=True, foundation=None, stop_after=None, ckpt_dir=None, hook=None):
+    """Multi-subject pretraining (see the module docstring); returns the stage folder (None if stopped early).
+
+    Parameters
+    ----------
+    foundation : Foundation, optional
+        Overrides :func:`load_stage_foundation` (tests).
+    stop_after : int, optional
+        Stop training after that step without writing the stage (simulates a killed run).
+    ckpt_dir : Path, optional
+        Overrides :func:`stage_checkpoint_dir`.
+    hook : callable, optional
+        Called on every process with the trained model(s) before the main process writes the stage.
+    """
+    folder = paths.stage_dir(cfg.STAGE, cfg.profile)
+    if not force and is_complete(cfg.STAGE, cfg.profile, cfg.digest()):
+        return folder
+    _check(cfg)
+    acc = make_accelerator(cfg.mixed_precision)
+    fm = foundation or load_stage_foundation(cfg.profile)
+    store = open_store(store_path(cfg.profile))
+    encoder = load_encoder(cfg.profile)
+    subjects = cfg.subjects or store.subjects
+    ckpt = Path(ckpt_dir) if ckpt_dir else stage_checkpoint_dir(cfg, ("data", "foundation", "encoding"))
+    data = _pairs(fm, store, subjects, cfg.repetitions, ckpt / "cache", acc)
+    model = build_neuropictor(fm, encoder, cfg.semantic_mid, seed=cfg.seed, cfg_mask_prob=cfg.cfg_mask_prob)
+    cpu0 = time.process_time()
+    res = train_neuropictor(model, data, fm, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                            weight_decay=cfg.weight_decay, seed=cfg.seed, ckpt_dir=ckpt / "train",
+                            ckpt_every=cfg.ckpt_every, mixed_precision=cfg.mixed_precision,
+                            gradient_checkpointing=cfg.gradient_checkpointing, desc="pretrain", progress=progress,
+                            accelerator=acc, stop_after=stop_after)
+    cpu = time.process_time() - cpu0
+    if stop_after is not None and res.steps < cfg.steps:
+        return None
+    if hook is not None:
+        hook(model)
+    if acc.is_main_process:
+        with StageWriter(cfg) as w:
+            save_model(model, w.path / "model")
+            (w.path / "losses.json").write_text(json.dumps({"pretrain": res.losses}))
+            w.add_metric("pretrain", "all", "train", "seconds", res.seconds)
+            w.add_metric("pretrain", "all", "train", "cpu_seconds", cpu)
+            w.add_metric("pretrain", "all", "train", "n_samples", len(data))
+            w.add_metric("pretrain", "all", "train", "n_subjects", len(subjects))
+            w.add_metric("pretrain", "all", "train", "final_loss", np.mean([v for _, v in res.losses[-20:]]))
+            pipe = pipeline_from_model(fm, model.conditioner, model.controlnet, cfg.scheduler)
+            saved = {}
+            for s in cfg.eval_subjects:
+                if s in store.subjects:
+                    _evaluate(fm, pipe, store, s, cfg, "pretrain_only", w, saved)
+            np.savez_compressed(w.path / "reconstructions.npz", **saved)
+            (w.path / "sampling.json").write_text(json.dumps(dict(dataclasses.asdict(sample_settings(cfg)),
+                                                                  n_eval=cfg.n_eval, shuffle_seed=cfg.shuffle_seed)))
+        if not cfg.keep_checkpoints:
+            shutil.rmtree(ckpt, ignore_errors=True)
+    acc.wait_for_everyone()
+    return folder
+
+
+def _same_sampling(folder, cfg):
+    path = folder / "sampling.json"
+    want = dict(dataclasses.asdict(sample_settings(cfg)), n_eval=cfg.n_eval, shuffle_seed=cfg.shuffle_seed)
+    want.pop("batch_size")
+    if not path.is_file():
+        return False
+    have = json.loads(path.read_text())
+    have.pop("batch_size", None)
+    return have == want
+
+
+def run_refine_stage(cfg, force=False, progress=True, foundation=None, stop_after=None, ckpt_dir=None, hook=None):
+    """Single-subject refinement, its CFG-mask variant, their evaluation and the control-scale sweep.
+
+    Parameters as :func:`run_pretrain_stage` (``stop_after`` applies to the refinement run, ``hook`` receives
+    the refined and the CFG-mask models).
+    """
+    folder = paths.stage_dir(cfg.STAGE, cfg.profile)
+    if not force and is_complete(cfg.STAGE, cfg.profile, cfg.digest()):
+        return folder
+    _check(cfg)
+    acc = make_accelerator(cfg.mixed_precision)
+    fm = foundation or load_stage_foundation(cfg.profile)
+    store = open_store(store_path(cfg.profile))
+    pre = require_stage("pretrain", cfg.profile)
+    ckpt = Path(ckpt_dir) if ckpt_dir else stage_checkpoint_dir(cfg, ("data", "foundation", "encoding", "pretrain"))
+    data = _pairs(fm, store, [cfg.subject], cfg.repetitions, ckpt / "cache", acc, captions=True)
+    pipe0 = load_pipeline(fm, pre / "model", cfg.scheduler)
+    common = dict(batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, seed=cfg.seed,
+                  ckpt_every=cfg.ckpt_every, mixed_precision=cfg.mixed_precision,
+                  gradient_checkpointing=cfg.gradient_checkpointing, progress=progress, accelerator=acc)
+    refined = NeuroPictorModel(pipe0.conditioner.with_residual(), copy.deepcopy(pipe0.controlnet), fm.unet,
+                               fm.scheduler_config, 0.0, cfg.semantic_weight)
+    cpu0 = time.process_time()
+    res = train_neuropictor(refined, data, fm, steps=cfg.steps, lr=cfg.lr, ckpt_dir=ckpt / "refined",
+                            desc="refine", stop_after=stop_after, **common)
+    cpu1 = time.process_time()
+    if stop_after is not None and res.steps < cfg.steps:
+        return None
+    masked = NeuroPictorModel(copy.deepcopy(refined.conditioner), copy.deepcopy(refined.controlnet), fm.unet,
+                              fm.scheduler_config, cfg.mask_cfg_prob, cfg.semantic_weight)
+    res_mask = train_neuropictor(masked, data, fm, steps=cfg.mask_steps, lr=cfg.mask_lr,
+                                 ckpt_dir=ckpt / "refined_mask", desc="refine (CFG mask)", **common)
+    cpu2 = time.process_time()
+    if hook is not None:
+        hook(refined, masked)
+    if acc.is_main_process:
+        with StageWriter(cfg) as w:
+            save_model(refined, w.path / "refined")
+            save_model(masked, w.path / "refined_mask")
+            (w.path / "losses.json").write_text(json.dumps({"refined": res.losses, "refined_mask": res_mask.losses}))
+            s = cfg.subject
+            w.add_metric("refined", s, "train", "seconds", res.seconds)
+            w.add_metric("refined_mask", s, "train", "seconds", res_mask.seconds)
+            w.add_metric("refined", s, "train", "cpu_seconds", cpu1 - cpu0)
+            w.add_metric("refined_mask", s, "train", "cpu_seconds", cpu2 - cpu1)
+            w.add_metric("refined", s, "train", "n_samples", len(data))
+            saved = _evaluate_all(fm, store, pre, pipe0, refined, masked, cfg, w)
+            np.savez_compressed(w.path / "reconstructions.npz", **saved)
+        if not cfg.keep_checkpoints:
+            shutil.rmtree(ckpt, ignore_errors=True)
+    acc.wait_for_everyone()
+    return folder
+
+
+def _evaluate_all(fm, store, pre, pipe0, refined, masked, cfg, w):
+    s = cfg.subject
+    saved = {}
+    key = f"pretrain_only_subj{s:02d}"
+    old = np.load(pre / "reconstructions.npz") if (pre / "reconstructions.npz").is_file() else {}
+    if key in old and _same_sampling(pre, cfg):  # the pretrain stage already sampled these with the same settings
+        ids, maps, gt = _eval_set(store, s, cfg.n_eval)
+        rec = torch.from_numpy(old[key].astype(np.float32))
+        for k, v in image_metrics(fm, gt, rec).items():
+            w.add_metric("pretrain_only", s, "test", k, v)
+        prev = read_metrics(pre)
+        rows = prev[(prev.method == "pretrain_only_shuffled") & (prev.subject == str(s))]
+        for _, r in rows.iterrows():
+            w.add_metric("pretrain_only_shuffled", s, "test", r.metric, r.value)
+        w.add_metric("pretrain_only", s, "test", "semantic_mse", _semantic_mse(fm, pipe0.conditioner, store, ids, maps))
+        saved[key], saved[f"ids_subj{s:02d}"] = old[key], ids
+    else:
+        _evaluate(fm, pipe0, store, s, cfg, "pretrain_only", w, saved)
+    for name, model in (("refined", refined), ("refined_mask", masked)):
+        pipe = pipeline_from_model(fm, model.conditioner, model.controlnet, cfg.scheduler)
+        _evaluate(fm, pipe, store, s, cfg, name, w, saved)
+    # control-scale sweep of the final model (refined + CFG mask: ``pipe`` of the last loop iteration)
+    ids, maps, gt = _eval_set(store, s, cfg.n_eval)
+    settings = sample_settings(cfg)
+    for scale in cfg.control_scales:
+        if float(scale) == float(cfg.control_scale):
+            rec = torch.from_numpy(saved[f"refined_mask_subj{s:02d}"].astype(np.float32))
+        else:
+            rec = reconstruct(pipe, maps, settings, control_scale=float(scale))
+        for k, v in image_metrics(fm, gt, rec).items():
+            w.add_metric("control_sweep", s, "test", f"{k}@{float(scale):g}", v)
+        saved[f"sweep_{float(scale):g}"] = rec[:cfg.n_figure].numpy().astype(np.float16)
+    return saved

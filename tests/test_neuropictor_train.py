@@ -1,0 +1,71 @@
+"""NeuroPictor training through its command-line entry on the smoke profile (real model, tiny foundation):
+a killed-and-resumed run ends with the weights of an uninterrupted one; two CPU processes end identical."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from neurorecon.neuropictor.train import main, parse_overrides
+from test_encoding import smoke_data_home  # noqa: F401  (session fixture: smoke data stage)
+
+QUICK = ["--set", "steps=6", "--set", "batch_size=4", "--set", "n_eval=2", "--set", "num_inference_steps=1",
+         "--set", "eval_batch=2", "--set", "eval_subjects=[1]"]
+
+
+@pytest.fixture(scope="module")
+def home(smoke_data_home):  # noqa: F811
+    old = os.environ.get("NEURORECON_HOME")
+    os.environ["NEURORECON_HOME"] = str(smoke_data_home)
+    try:
+        main(["--stage", "encoding", "--profile", "smoke", "--set", "steps=2", "--no-progress"])
+    finally:
+        if old is None:
+            os.environ.pop("NEURORECON_HOME", None)
+        else:
+            os.environ["NEURORECON_HOME"] = old
+    return smoke_data_home
+
+
+def _load(folder):
+    return torch.load(folder / "rank0.pt")
+
+
+def test_overrides_parse_as_yaml():
+    assert parse_overrides(["steps=3", "eval_subjects=[1, 2]", "lr=1e-4"]) == {
+        "steps": 3, "eval_subjects": [1, 2], "lr": 1e-4}
+    with pytest.raises(SystemExit):
+        parse_overrides(["steps"])
+
+
+def test_killed_and_resumed_pretraining_ends_with_the_same_weights(home, tmp_path, monkeypatch):
+    monkeypatch.setenv("NEURORECON_HOME", str(home))
+    base = ["--stage", "pretrain", "--profile", "smoke", "--foundation", "tiny", "--no-progress", "--force",
+            "--set", "ckpt_every=2", *QUICK]
+    main(base + ["--ckpt-dir", str(tmp_path / "a"), "--dump-weights", str(tmp_path / "full")])
+    main(base + ["--ckpt-dir", str(tmp_path / "b"), "--stop-after", "3"])  # killed after step 3
+    assert (tmp_path / "b/train/latest/step.json").read_text().startswith('{"step": 2')
+    main(base + ["--ckpt-dir", str(tmp_path / "b"), "--dump-weights", str(tmp_path / "resumed")])
+    full, resumed = _load(tmp_path / "full"), _load(tmp_path / "resumed")
+    assert full.keys() == resumed.keys() and any("controlnet" in k for k in full)
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    # it trained: the hint mapper's zero-initialised output conv moved
+    key = next(k for k in full if k.endswith("controlnet_cond_embedding.zero_conv.weight"))
+    assert torch.count_nonzero(full[key]) > 0
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_end_identical(home, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NEURORECON_HOME": str(home)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "neurorecon.neuropictor.train", "--stage", "pretrain", "--profile", "smoke", "--foundation", "tiny",
+           "--no-progress", "--force", "--ckpt-dir", str(tmp_path / "ck"), "--dump-weights", str(tmp_path / "w"),
+           *QUICK, "--set", "steps=3"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = torch.load(tmp_path / "w/rank0.pt"), torch.load(tmp_path / "w/rank1.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    key = next(k for k in a if k.endswith("controlnet_cond_embedding.zero_conv.weight"))
+    assert torch.count_nonzero(a[key]) > 0  # it trained

@@ -1,0 +1,371 @@
+"""Brain LLaVA: frozen ViT3D tokens → 2-layer MLP projector → causal LM, trained on instruction data.
+
+Prompt format (NV2L)::
+
+    <human>: <image>\\n{instruction} <bot>: {answer}</s><human>: {question} <bot>: {answer}</s>...
+
+The ``<image>`` placeholder is replaced by the projected penultimate-layer ViT3D tokens (class + patches) in the
+LM's ``inputs_embeds``; the loss covers answer tokens (and their end-of-sequence token) only. Stage 1 trains the
+projector, stage 2 the projector and the LM (fully, or LoRA adapters through ``peft`` when ``lora_r > 0``).
+Generation is greedy (``lm.generate(inputs_embeds=...)``, left padding).
+"""
+
+import contextlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..errors import ConfigError, DataError
+from ..training import ArrayBatches, fit
+from .vit3d import ViT3D, mlp_head
+
+__all__ = ["IMAGE_TOKEN", "HUMAN", "BOT", "prepare_tokenizer", "encode_chat", "prompt_ids", "BrainLlava",
+           "llava_batches", "llava_loss", "train_llava_stage", "apply_lora"]
+
+IMAGE_TOKEN = "<image>"
+HUMAN = "<human>: "
+BOT = " <bot>: "
+IGNORE = -100
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """No progress bars or info logs from transformers while saving/loading (clean notebook output)."""
+    from transformers.utils import logging as tlog
+
+    was_enabled = tlog.is_progress_bar_enabled()
+    level = tlog.get_verbosity()
+    tlog.disable_progress_bar()
+    tlog.set_verbosity_error()
+    try:
+        yield
+    finally:
+        tlog.set_verbosity(level)
+        if was_enabled:
+            tlog.enable_progress_bar()
+
+
+def prepare_tokenizer(tokenizer):
+    """Make sure the tokenizer has a pad token and the ``<image>`` special token; returns the image token id."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    return tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+
+
+def _ids(tokenizer, text):
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _start(tokenizer):
+    return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+
+
+def encode_chat(tokenizer, conversations, max_len=None):
+    """Token ids and labels of a LLaVA conversation (answers labelled, everything else ``-100``).
+
+    Parameters
+    ----------
+    tokenizer : transformers tokenizer
+    conversations : list of dict
+        Alternating ``{"from": "human", "value": ...}`` / ``{"from": "gpt", "value": ...}`` turns; the first human
+        turn holds ``<image>``.
+    max_len : int, optional
+        Truncate to this many tokens.
+
+    Returns
+    -------
+    ids, labels : list of int
+    """
+    ids = _start(tokenizer)
+    labels = [IGNORE] * len(ids)
+    eos = tokenizer.eos_token_id
+    if len(conversations) % 2:
+        raise ValueError("a conversation needs alternating human/gpt turns")
+    for human, gpt in zip(conversations[0::2], conversations[1::2]):
+        if human["from"] != "human" or gpt["from"] != "gpt":
+            raise ValueError(f"expected a human then a gpt turn, found {human['from']!r}, {gpt['from']!r}")
+        prompt = _ids(tokenizer, HUMAN + human["value"] + BOT)
+        answer = _ids(tokenizer, gpt["value"]) + [eos]
+        ids += prompt + answer
+        labels += [IGNORE] * len(prompt) + answer
+    if max_len is not None:
+        ids, labels = ids[:max_len], labels[:max_len]
+    return ids, labels
+
+
+def prompt_ids(tokenizer, question, history=()):
+    """Token ids of a generation prompt: earlier (question, answer) turns, then ``question`` awaiting its answer.
+
+    The first question of a chat carries the ``<image>`` placeholder.
+    """
+    ids = _start(tokenizer)
+    turns = list(history) + [(question, None)]
+    for k, (q, a) in enumerate(turns):
+        q = (IMAGE_TOKEN + "\n" + q) if k == 0 else q
+        ids += _ids(tokenizer, HUMAN + q + BOT)
+        if a is not None:
+            ids += _ids(tokenizer, a) + [tokenizer.eos_token_id]
+    return ids
+
+
+class BrainLlava(nn.Module):
+    """Frozen ViT3D + trainable projector + causal LM.
+
+    Parameters
+    ----------
+    encoder : ViT3D
+        Frozen.
+    lm : transformers causal LM
+    tokenizer : transformers tokenizer (gets a pad and an ``<image>`` token if missing)
+    feature_layer : int
+        ViT3D block whose output tokens are used (``-2``: the penultimate layer, as NV2L).
+    projector : nn.Module, optional
+        Default: a 2-layer MLP from the encoder width to the LM width.
+    """
+
+    def __init__(self, encoder, lm, tokenizer, feature_layer=-2, projector=None):
+        super().__init__()
+        self.encoder = encoder.eval().requires_grad_(False)
+        self.lm = lm
+        self.tokenizer = tokenizer
+        self.image_token_id = prepare_tokenizer(tokenizer)
+        self.feature_layer = int(feature_layer)
+        hidden = lm.get_input_embeddings().embedding_dim
+        self.projector = projector if projector is not None else mlp_head(encoder.width, hidden, hidden)
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.encoder.eval()  # frozen: no dropout
+        return self
+
+    @property
+    def device(self):
+        return next(self.projector.parameters()).device
+
+    def image_tokens(self, voxels):
+        """Projected fMRI tokens (b, n_tokens, LM width)."""
+        with torch.no_grad():
+            feats = self.encoder.features(voxels.float(), self.feature_layer)
+        return self.projector(feats)
+
+    def merge(self, input_ids, attention_mask, image_embeds, labels=None):
+        """Replace each row's single ``<image>`` token with that row's image tokens.
+
+        Returns
+        -------
+        inputs_embeds (b, L - 1 + T, D), attention_mask, labels (``-100`` on image tokens) or None
+        """
+        is_img = input_ids == self.image_token_id
+        if not bool((is_img.sum(1) == 1).all()):
+            raise ValueError(f"every sequence needs exactly one {IMAGE_TOKEN} token; found counts "
+                             f"{is_img.sum(1).tolist()}")
+        emb_layer = self.lm.get_input_embeddings()
+        text = emb_layer(input_ids.masked_fill(is_img, self.tokenizer.pad_token_id))
+        T = image_embeds.shape[1]
+        pos = is_img.float().argmax(1).tolist()
+        embeds, masks, labs = [], [], []
+        ones = attention_mask.new_ones(T)
+        for r, p in enumerate(pos):
+            embeds.append(torch.cat([text[r, :p], image_embeds[r].to(text.dtype), text[r, p + 1:]]))
+            masks.append(torch.cat([attention_mask[r, :p], ones, attention_mask[r, p + 1:]]))
+            if labels is not None:
+                labs.append(torch.cat([labels[r, :p], labels.new_full((T,), IGNORE), labels[r, p + 1:]]))
+        return torch.stack(embeds), torch.stack(masks), (torch.stack(labs) if labels is not None else None)
+
+    def forward(self, voxels, input_ids, attention_mask, labels):
+        """The LM loss on answer tokens."""
+        embeds, mask, labels = self.merge(input_ids, attention_mask, self.image_tokens(voxels), labels)
+        return self.lm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+
+    # --- generation -----------------------------------------------------------------------------------------------
+    def _left_pad(self, seqs):
+        L = max(len(s) for s in seqs)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (L - len(s)) + list(s) for s in seqs], dtype=torch.long)
+        mask = torch.tensor([[0] * (L - len(s)) + [1] * len(s) for s in seqs], dtype=torch.long)
+        return ids, mask
+
+    @torch.no_grad()
+    def generate(self, voxels, questions, histories=None, max_new_tokens=48, batch_size=64):
+        """Greedy answers to one question per fMRI sample.
+
+        Parameters
+        ----------
+        voxels : array or Tensor (n, V)
+        questions : str or list of str
+            One instruction for all samples, or one per sample.
+        histories : list of list of (question, answer), optional
+            Earlier turns per sample (multi-turn chat).
+        max_new_tokens, batch_size : int
+
+        Returns
+        -------
+        list of str
+        """
+        was = self.training
+        self.eval()
+        n = len(voxels)
+        questions = [questions] * n if isinstance(questions, str) else list(questions)
+        histories = histories or [()] * n
+        eos, out = self.tokenizer.eos_token_id, []
+        for a in range(0, n, batch_size):
+            x = torch.as_tensor(np.asarray(voxels[a:a + batch_size], dtype=np.float32), device=self.device)
+            ids, mask = self._left_pad([prompt_ids(self.tokenizer, q, h)
+                                        for q, h in zip(questions[a:a + batch_size], histories[a:a + batch_size])])
+            embeds, mask, _ = self.merge(ids.to(self.device), mask.to(self.device), self.image_tokens(x))
+            gen = self.lm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                   do_sample=False, num_beams=1, eos_token_id=eos,
+                                   pad_token_id=self.tokenizer.pad_token_id)
+            for row in gen.tolist():
+                row = row[: row.index(eos)] if eos in row else row
+                out.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
+        self.train(was)
+        return out
+
+    @torch.no_grad()
+    def chat(self, voxels, questions, max_new_tokens=48):
+        """A multi-turn dialogue per fMRI sample: the same questions asked in turn, answers fed back.
+
+        Returns
+        -------
+        list (per sample) of list of (question, answer)
+        """
+        histories = [[] for _ in range(len(voxels))]
+        for q in questions:
+            answers = self.generate(voxels, q, [list(h) for h in histories], max_new_tokens)
+            for h, a in zip(histories, answers):
+                h.append((q, a))
+        return histories
+
+    # --- persistence ------------------------------------------------------------------------------------------------
+    def save_pretrained(self, folder):
+        """Write ``encoder/`` (ViT3D), ``lm/`` (LM + tokenizer, LoRA merged), ``projector.safetensors`` and
+        ``config.json``."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.encoder.save_pretrained(folder / "encoder")
+        lm = self.lm.merge_and_unload() if hasattr(self.lm, "merge_and_unload") else self.lm
+        with _quiet_transformers():
+            lm.save_pretrained(folder / "lm")
+        self.tokenizer.save_pretrained(folder / "lm")
+        save_file({k: v.contiguous() for k, v in self.projector.state_dict().items()},
+                  str(folder / "projector.safetensors"))
+        cfg = dict(feature_layer=self.feature_layer, encoder_width=self.encoder.width,
+                   lm_width=lm.get_input_embeddings().embedding_dim, projector="mlp2x_gelu",
+                   prompt=f"{HUMAN}{IMAGE_TOKEN}\\n{{instruction}}{BOT}{{answer}}")
+        (folder / "config.json").write_text(json.dumps(cfg, indent=1))
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder, device="cpu"):
+        """Load a folder written by :meth:`save_pretrained`."""
+        from safetensors.torch import load_file
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        folder = Path(folder)
+        need = [folder / "config.json", folder / "projector.safetensors", folder / "lm", folder / "encoder"]
+        if not all(p.exists() for p in need):
+            raise DataError(folder, "a brain LLaVA folder (config.json, projector.safetensors, lm/, encoder/)",
+                            "missing " + ", ".join(p.name for p in need if not p.exists()))
+        cfg = json.loads((folder / "config.json").read_text())
+        encoder = ViT3D.from_pretrained(folder / "encoder", device)
+        with _quiet_transformers():
+            lm = AutoModelForCausalLM.from_pretrained(str(folder / "lm")).to(device).eval()
+            tok = AutoTokenizer.from_pretrained(str(folder / "lm"))
+        model = cls(encoder, lm, tok, cfg["feature_layer"])
+        model.projector.load_state_dict(load_file(str(folder / "projector.safetensors")))
+        return model.to(device).eval()
+
+
+def llava_batches(records, tokenizer, trial_rows, max_len):
+    """A batch source of tokenised records with the training trials of each record's image.
+
+    Parameters
+    ----------
+    records : list of dict
+        LLaVA records.
+    tokenizer : transformers tokenizer
+    trial_rows : callable
+        ``image_ids -> (rows (n, R), counts (n,))`` (e.g. :meth:`TrialSet.trials_of`).
+    max_len : int
+        Text tokens per record (longer ones are truncated).
+    """
+    enc = [encode_chat(tokenizer, r["conversations"], max_len) for r in records]
+    L = max(len(i) for i, _ in enc)
+    pad = tokenizer.pad_token_id
+    ids = np.full((len(enc), L), pad, dtype=np.int64)
+    labels = np.full((len(enc), L), IGNORE, dtype=np.int64)
+    mask = np.zeros((len(enc), L), dtype=np.int64)
+    for k, (i, lab) in enumerate(enc):
+        ids[k, :len(i)], labels[k, :len(i)], mask[k, :len(i)] = i, lab, 1
+    rows, counts = trial_rows(np.array([r["image_id"] for r in records], dtype=np.int64))
+    return ArrayBatches(input_ids=ids, labels=labels, attention_mask=mask, trials=rows, n_trials=counts)
+
+
+def llava_loss(voxels):
+    """``loss_fn`` for :func:`neurorecon.training.fit`: one random training trial of each record's image, padding
+    cropped to the batch's longest record."""
+
+    def loss_fn(model, batch, gen):
+        device = batch["input_ids"].device
+        trials, n = batch["trials"].cpu(), batch["n_trials"].cpu()
+        pick = (torch.rand(len(n), generator=gen) * n).long().clamp(max=trials.shape[1] - 1)
+        x = voxels[trials[torch.arange(len(n)), pick]].float().to(device)
+        L = int(batch["attention_mask"].sum(1).max())
+        return model(x, batch["input_ids"][:, :L], batch["attention_mask"][:, :L], batch["labels"][:, :L])
+
+    return loss_fn
+
+
+def apply_lora(lm, r, alpha=16, dropout=0.05, target_modules=("q_proj", "k_proj", "v_proj", "o_proj")):
+    """Wrap an LM with LoRA adapters (needs the optional ``peft`` package)."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as err:
+        raise ConfigError("lora_r > 0 needs the optional package peft (pip install peft); set lora_r: 0 to "
+                          "fine-tune the whole LM instead") from err
+    cfg = LoraConfig(r=int(r), lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
+                     task_type="CAUSAL_LM")
+    return get_peft_model(lm, cfg)
+
+
+def train_llava_stage(model, data, voxels, stage, *, steps, batch_size, lr, weight_decay=0.0, seed=0, lora_r=0,
+                      ckpt_dir=None, ckpt_every=0, mixed_precision="no", progress=True):
+    """Stage 1 (projector) or stage 2 (projector + LM, or LoRA adapters) with :func:`neurorecon.training.fit`.
+
+    Returns
+    -------
+    TrainResult
+    """
+    if stage not in (1, 2):
+        raise ValueError(f"stage must be 1 or 2, found {stage!r}")
+    model.lm.requires_grad_(False)
+    model.projector.requires_grad_(True)
+    if stage == 2:
+        if lora_r:
+            if not hasattr(model.lm, "peft_config"):
+                model.lm = apply_lora(model.lm, lora_r)
+        else:
+            model.lm.requires_grad_(True)
+            model.lm.get_input_embeddings().requires_grad_(True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    # accelerate warns that the LM's tied input/output embeddings are stored once in checkpoints: expected here
+    quiet = logging.getLogger("accelerate.utils.other")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        return fit(model, llava_loss(voxels), data, steps=steps, batch_size=batch_size, lr=lr,
+                   weight_decay=weight_decay, seed=seed, params=params, ckpt_dir=ckpt_dir, ckpt_every=ckpt_every,
+                   mixed_precision=mixed_precision, desc=f"LLaVA stage {stage}", progress=progress,
+                   log_every=max(1, steps // 100))
+    finally:
+        quiet.setLevel(level)
+

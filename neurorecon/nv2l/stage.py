@@ -1,0 +1,390 @@
+"""Stage ``language`` (notebook 06): instruction data, ViT3D, brain LLaVA (two stages), evaluation, concepts.
+
+Artifacts (``$NEURORECON_HOME/artifacts/<profile>/language/``)::
+
+    sft_data_tr.json, sft_data_te.json   LLaVA instruction data (training images / test images)
+    vit3d/                               the ViT3D encoder (config.json, model.safetensors)
+    brain_llava/                         encoder/, projector.safetensors, lm/ (LM + tokenizer), config.json
+    encoder_test.csv                     retrieval and latent correlation per subject
+    captions_test.csv                    per subject and test image: reference, brain, baseline, control captions
+    qa_test.csv                          per subject, method and question: truth, answer, correct
+    concept_ablation.csv                 per (subject, image, concept): evidence before/after ablation
+    losses.json                          training curves
+    metrics.csv, config.yaml, COMPLETE
+"""
+
+import copy
+import dataclasses
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import paths
+from ..artifacts import StageWriter, is_complete
+from ..config import StageConfig
+from ..errors import ConfigError
+from .baselines import fit_ridge, nearest_captions
+from .captions import METRICS, UNAVAILABLE, CaptionScorer
+from .concepts import ablation_check, concept_evidence
+from .encoder import (build_vit3d, compute_targets, evaluate_vit3d, test_voxels, train_vit3d,
+                      training_trials)
+from .evaluate import derangement, majority_chance, qa_accuracy, qa_items, run_qa
+from .instructions import build_instruction_data, load_generator, scene_objects, write_llava_json
+from .llava import BrainLlava, llava_batches, train_llava_stage
+
+__all__ = ["LanguageConfig", "run_language_stage", "checkpoint_dir", "load_lm", "n_steps", "caption_table",
+           "qa_table"]
+
+METHODS = ("brain_llava", "nn_caption", "shuffled_fmri")
+
+
+@dataclasses.dataclass
+class LanguageConfig(StageConfig):
+    """Config of the language stage (``neurorecon/configs/language.yaml``)."""
+
+    STAGE = "language"
+    NOTEBOOK = "06_language_instruction_tuning"
+
+    seed: int = 0
+    subjects: Optional[list[int]] = None
+    eval_subjects: Optional[list[int]] = None
+    dialogue_generator: str = "template"
+    n_turns: int = 4
+    patch_size: int = 4
+    width: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    head_hidden: int = 256
+    dropout: float = 0.0
+    alpha: float = 0.25
+    mixup: bool = True
+    enc_epochs: float = 4.0
+    enc_steps: Optional[int] = None
+    enc_batch: int = 32
+    enc_lr: float = 5e-4
+    enc_weight_decay: float = 0.05
+    lm_path: Optional[str] = None
+    lm_copy: bool = True
+    feature_layer: int = -2
+    max_text_tokens: int = 192
+    stage1_types: list[str] = dataclasses.field(default_factory=lambda: ["brief", "reconstruction"])
+    stage1_epochs: float = 1.0
+    stage1_steps: Optional[int] = None
+    stage1_batch: int = 32
+    stage1_lr: float = 1e-3
+    stage2_types: list[str] = dataclasses.field(default_factory=lambda: [
+        "brief", "detailed", "conversation", "reasoning", "reconstruction", "concept"])
+    stage2_epochs: float = 1.0
+    stage2_steps: Optional[int] = None
+    stage2_batch: int = 16
+    stage2_lr: float = 1e-3
+    lora_r: int = 0
+    caption_instruction: str = "Describe the image concisely."
+    caption_tokens: int = 32
+    qa_tokens: int = 16
+    meteor: bool = True
+    caption_tokenizer: str = "ptb"
+    concept_prompt: str = "a {}"
+    concept_fraction: float = 0.1
+    concept_random_draws: int = 5
+    n_dialogues: int = 4
+    ckpt_every: int = 0
+    mixed_precision: str = "no"
+    torch_threads: Optional[int] = None
+
+
+def n_steps(n, epochs, steps, batch):
+    """Optimizer steps: ``steps`` if set, else ``epochs`` passes over ``n`` samples at ``batch``."""
+    return int(steps) if steps is not None else max(1, math.ceil(float(epochs) * n / batch))
+
+
+def checkpoint_dir(cfg, name):
+    """Where training of one model of this config checkpoints (a killed run resumes from there)."""
+    return paths.artifacts_dir(cfg.profile) / "checkpoints" / f"language-{cfg.digest()}" / name
+
+
+def load_lm(cfg, fm):
+    """The causal LM to fine-tune and its tokenizer: from ``lm_path``, else a copy of the foundation's (or, with
+    ``lm_copy: false``, the foundation's own, which then gets trained in place: saves memory for large LMs)."""
+    if cfg.lm_path:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(cfg.lm_path).expanduser()
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"lm_path {path}: expected a transformers causal-LM folder with config.json")
+        return AutoModelForCausalLM.from_pretrained(str(path)), AutoTokenizer.from_pretrained(str(path))
+    if fm.lm is None or fm.lm_tokenizer is None:
+        raise ConfigError("the foundation has no language model (load it with with_lm=True) and lm_path is null")
+    if not cfg.lm_copy:
+        return fm.lm, fm.lm_tokenizer
+    return copy.deepcopy(fm.lm), copy.deepcopy(fm.lm_tokenizer)
+
+
+def _check_cfg(cfg):
+    from .instructions import RECORD_TYPES
+
+    for key in ("stage1_types", "stage2_types"):
+        bad = [t for t in getattr(cfg, key) if t not in RECORD_TYPES]
+        if bad:
+            raise ConfigError(f"language config: {key} has unknown type(s) {bad}; expected {list(RECORD_TYPES)}")
+    if cfg.caption_tokenizer not in ("ptb", "simple"):
+        raise ConfigError(f"language config: caption_tokenizer {cfg.caption_tokenizer!r}: expected ptb or simple")
+
+
+def caption_table(frame):
+    """Caption metrics as a (method × metric) table averaged over subjects (from ``metrics.csv`` rows)."""
+    rows = frame[(frame.subject == "mean") & frame.metric.isin(METRICS)]
+    return rows.pivot_table(index="method", columns="metric", values="value", dropna=False)[list(METRICS)]
+
+
+def qa_table(frame):
+    """QA accuracy as a (method × question type) table averaged over subjects."""
+    rows = frame[(frame.subject == "mean") & frame.metric.str.startswith("qa_")]
+    t = rows.pivot_table(index="method", columns="metric", values="value")
+    t.columns = [c[3:] for c in t.columns]
+    return t
+
+
+def _evaluate_captions(w, cfg, llava, store, subjects, ridge, bank, scorer, log):
+    rows, scores = [], {m: [] for m in METHODS}
+    for s in subjects:
+        x, ids = test_voxels(store, s)
+        refs = [store.annotations[int(i)]["captions"] for i in ids]
+        shuffled = x[derangement(len(x), cfg.seed + s)]
+        caps = {"brain_llava": llava.generate(x, cfg.caption_instruction, max_new_tokens=cfg.caption_tokens),
+                "shuffled_fmri": llava.generate(shuffled, cfg.caption_instruction, max_new_tokens=cfg.caption_tokens),
+                "nn_caption": nearest_captions(ridge.predict(x), bank[0], bank[1])}
+        for m in METHODS:
+            sc = scorer.score(refs, caps[m])
+            scores[m].append(sc)
+            for k, v in sc.items():
+                w.add_metric(m, s, "test", k, v)
+        for k, i in enumerate(ids):
+            rows.append(dict(subject=int(s), image_id=int(i), reference=refs[k][0],
+                             **{m: caps[m][k] for m in METHODS}))
+        log(f"subj{s:02d}: CIDEr brain {scores['brain_llava'][-1]['CIDEr']:.3f}, nn "
+            f"{scores['nn_caption'][-1]['CIDEr']:.3f}, shuffled {scores['shuffled_fmri'][-1]['CIDEr']:.3f}")
+    for m in METHODS:
+        for k in METRICS:
+            w.add_metric(m, "mean", "test", k, float(np.mean([sc[k] for sc in scores[m]])))
+    return pd.DataFrame(rows)
+
+
+def _evaluate_qa(w, cfg, llava, store, subjects, train_ids):
+    size = store.meta["image_size"]
+    train_items = qa_items(store.annotations, train_ids, size, cfg.seed)
+    frames, acc = [], {"brain_llava": [], "shuffled_fmri": [], "chance": []}
+    for s in subjects:
+        x, ids = test_voxels(store, s)
+        items = qa_items(store.annotations, ids, size, cfg.seed)
+        if items.empty:
+            continue
+        runs = {"brain_llava": run_qa(llava, x, ids, items, cfg.qa_tokens),
+                "shuffled_fmri": run_qa(llava, x[derangement(len(x), cfg.seed + s)], ids, items, cfg.qa_tokens)}
+        per = {m: qa_accuracy(r) for m, r in runs.items()}
+        per["chance"] = majority_chance(train_items, items)
+        for m, a in per.items():
+            acc[m].append(a)
+            for t, v in a.items():
+                w.add_metric(m, s, "test", f"qa_{t}", v)
+        for m, r in runs.items():
+            frames.append(r.assign(subject=int(s), method=m))
+    for m, lst in acc.items():
+        for t in sorted({t for a in lst for t in a}):
+            w.add_metric(m, "mean", "test", f"qa_{t}", float(np.mean([a[t] for a in lst if t in a])))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _evaluate_concepts(w, cfg, fm, encoder, store, subjects):
+    size = store.meta["image_size"]
+    cats = sorted({i["category"] for a in store.annotations.values() for i in a.get("instances") or []})
+    text = fm.text_embeds([cfg.concept_prompt.format(c) for c in cats]).float().cpu()
+    frames = []
+    for s in subjects:
+        x, ids = test_voxels(store, s)
+        xs, ts, meta = [], [], []
+        for k, i in enumerate(ids):
+            for c in sorted({o["category"] for o in scene_objects(store.annotations[int(i)], size)}):
+                xs.append(x[k])
+                ts.append(text[cats.index(c)])
+                meta.append((int(i), c))
+        if not xs:
+            continue
+        res = ablation_check(encoder, torch.from_numpy(np.stack(xs)), torch.stack(ts), cfg.concept_fraction,
+                             cfg.concept_random_draws, cfg.seed + s)
+        # Is the evidence concept-specific? present vs absent concepts of the same fMRI.
+        with torch.no_grad():
+            ev = torch.stack([concept_evidence(encoder, torch.from_numpy(x), t.expand(len(x), -1)) for t in text], 1)
+        present = np.zeros(ev.shape, dtype=bool)
+        for k, i in enumerate(ids):
+            for c in {o["category"] for o in scene_objects(store.annotations[int(i)], size)}:
+                present[k, cats.index(c)] = True
+        ev = ev.numpy()
+        res.insert(0, "concept", [m[1] for m in meta])
+        res.insert(0, "image_id", [m[0] for m in meta])
+        res.insert(0, "subject", int(s))
+        frames.append(res)
+        w.add_metric("gradcam", s, "test", "evidence_present_minus_absent",
+                     float(ev[present].mean() - ev[~present].mean()))
+        w.add_metric("gradcam", s, "test", "evidence_drop_located", float(res.drop_located.mean()))
+        w.add_metric("gradcam", s, "test", "evidence_drop_random", float(res.drop_random.mean()))
+        w.add_metric("gradcam", s, "test", "frac_located_gt_random",
+                     float((res.drop_located > res.drop_random).mean()))
+    out = pd.concat(frames, ignore_index=True)
+    w.add_metric("gradcam", "all", "test", "evidence_drop_located", float(out.drop_located.mean()))
+    w.add_metric("gradcam", "all", "test", "evidence_drop_random", float(out.drop_random.mean()))
+    w.add_metric("gradcam", "all", "test", "frac_located_gt_random",
+                 float((out.drop_located > out.drop_random).mean()))
+    w.add_metric("gradcam", "all", "test", "n_cases", len(out))
+    return out
+
+
+def run_language_stage(cfg, force=False, fm=None, progress=True, log=print):
+    """Run the language stage for a config and return its artifacts folder.
+
+    A stage already complete with the same config is reused unless ``force``.
+
+    Parameters
+    ----------
+    cfg : LanguageConfig
+    force : bool
+    fm : Foundation, optional
+        Default ``load_foundation(cfg.profile)`` (tests pass a tiny one).
+    progress : bool
+        tqdm bars during training.
+    log : callable
+        Progress messages.
+    """
+    folder = paths.stage_dir(cfg.STAGE, cfg.profile)
+    if not force and is_complete(cfg.STAGE, cfg.profile, cfg.digest()):
+        return folder
+    _check_cfg(cfg)
+    threads = torch.get_num_threads()
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    try:
+        _run(cfg, fm, progress, log)
+    finally:
+        torch.set_num_threads(threads)
+    shutil.rmtree(paths.artifacts_dir(cfg.profile) / "checkpoints" / f"language-{cfg.digest()}", ignore_errors=True)
+    return folder
+
+
+def _run(cfg, fm, progress, log):
+    from ..data import open_store
+    from ..data.stage import store_path
+
+    store = open_store(store_path(cfg.profile))
+    if fm is None:
+        from ..foundation import load_foundation
+
+        fm = load_foundation(cfg.profile)  # raises naming notebook 02 if the foundation stage is missing
+    subjects = list(cfg.subjects or store.subjects)
+    eval_subjects = list(cfg.eval_subjects or subjects)
+    size = store.meta["image_size"]
+    timings, losses = {}, {}
+    with StageWriter(cfg) as w:
+        t = time.time()
+        trials = training_trials(store, subjects)
+        train_ids = np.unique(trials.image_ids)
+        test_ids = np.unique(np.concatenate([store.subject(s).test_image_ids for s in eval_subjects]))
+        gen = load_generator(cfg.dialogue_generator, cfg.n_turns)
+        tr = build_instruction_data(store.annotations, train_ids, size, gen, cfg.seed)
+        te = build_instruction_data(store.annotations, test_ids, size, gen, cfg.seed)
+        write_llava_json(tr, w.path / "sft_data_tr.json")
+        write_llava_json(te, w.path / "sft_data_te.json")
+        for kind, n in pd.Series([r["type"] for r in tr]).value_counts().items():
+            w.add_metric("instructions", "all", "train", f"n_{kind}", n)
+        w.add_metric("instructions", "all", "test", "n_records", len(te))
+        timings["instructions"] = time.time() - t
+
+        t = time.time()
+        targets = compute_targets(fm, store, store.image_ids)
+        train_rows = np.searchsorted(targets["ids"], train_ids)
+        encoder = build_vit3d(store, targets, train_rows, trials, cfg.patch_size, cfg.width, cfg.depth, cfg.heads,
+                              cfg.mlp_ratio, cfg.head_hidden, cfg.dropout, cfg.seed)
+        steps = n_steps(len(trials), cfg.enc_epochs, cfg.enc_steps, cfg.enc_batch)
+        res = train_vit3d(encoder, trials, targets, steps=steps, batch_size=cfg.enc_batch, lr=cfg.enc_lr,
+                          alpha=cfg.alpha, mixup=cfg.mixup, weight_decay=cfg.enc_weight_decay, seed=cfg.seed,
+                          ckpt_dir=checkpoint_dir(cfg, "vit3d"), ckpt_every=cfg.ckpt_every,
+                          mixed_precision=cfg.mixed_precision, progress=progress)
+        losses["ViT3D"] = res.losses
+        encoder.eval().requires_grad_(False)
+        encoder.save_pretrained(w.path / "vit3d")
+        enc = evaluate_vit3d(encoder, store, eval_subjects, targets)
+        enc.to_csv(w.path / "encoder_test.csv", index=False)
+        for _, r in enc.iterrows():
+            for k in ("top1_brain2image", "top1_image2brain", "chance", "clip_cosine", "latent_r"):
+                w.add_metric("vit3d", int(r.subject), "test", k, r[k])
+        w.add_metric("vit3d", "all", "train", "steps", steps)
+        w.add_metric("vit3d", "all", "train", "n_patches", encoder.grid.n_patches)
+        timings["encoder"] = time.time() - t
+        log(f"ViT3D: {steps} steps in {timings['encoder']:.0f} s; mean top-1 {enc.top1_brain2image.mean():.3f} "
+            f"(chance {enc.chance.mean():.3f}), latent r {enc.latent_r.mean():.3f}")
+
+        t = time.time()
+        lm, tok = load_lm(cfg, fm)
+        torch.manual_seed(cfg.seed + 1)
+        llava = BrainLlava(encoder, lm, tok, cfg.feature_layer)
+        max_pos = getattr(lm.config, "max_position_embeddings", None) or 10 ** 6
+        max_len = max(16, min(cfg.max_text_tokens, max_pos - encoder.n_tokens))
+        vox = torch.from_numpy(trials.voxels)
+        for stage, types, epochs, st, batch, lr in (
+                (1, cfg.stage1_types, cfg.stage1_epochs, cfg.stage1_steps, cfg.stage1_batch, cfg.stage1_lr),
+                (2, cfg.stage2_types, cfg.stage2_epochs, cfg.stage2_steps, cfg.stage2_batch, cfg.stage2_lr)):
+            records = [r for r in tr if r["type"] in types]
+            data = llava_batches(records, tok, trials.trials_of, max_len)
+            steps = n_steps(len(records), epochs, st, batch)
+            res = train_llava_stage(llava, data, vox, stage, steps=steps, batch_size=batch, lr=lr, seed=cfg.seed,
+                                    lora_r=cfg.lora_r, ckpt_dir=checkpoint_dir(cfg, f"llava{stage}"),
+                                    ckpt_every=cfg.ckpt_every, mixed_precision=cfg.mixed_precision,
+                                    progress=progress)
+            losses[f"LLaVA stage {stage}"] = res.losses
+            w.add_metric("brain_llava", "all", "train", f"stage{stage}_steps", steps)
+            w.add_metric("brain_llava", "all", "train", f"stage{stage}_final_loss", res.losses[-1][1])
+            timings[f"llava_stage{stage}"] = time.time() - t
+            log(f"LLaVA stage {stage}: {len(records)} records, {steps} steps in {timings[f'llava_stage{stage}']:.0f} s, "
+                f"loss {res.losses[0][1]:.3f} -> {res.losses[-1][1]:.3f}")
+            t = time.time()
+        llava.eval()
+        llava.save_pretrained(w.path / "brain_llava")
+        (w.path / "losses.json").write_text(json.dumps(losses))
+
+        t = time.time()
+        pooled_x, pooled_ids = _image_means(trials)
+        ridge = fit_ridge(pooled_x, targets["clip"][np.searchsorted(targets["ids"], pooled_ids)], groups=pooled_ids,
+                          seed=cfg.seed)
+        bank = (targets["clip"][train_rows], [store.annotations[int(i)]["captions"][0] for i in train_ids])
+        with CaptionScorer(cfg.meteor, cfg.caption_tokenizer) as scorer:
+            caps = _evaluate_captions(w, cfg, llava, store, eval_subjects, ridge, bank, scorer, log)
+        caps.to_csv(w.path / "captions_test.csv", index=False)
+        qa = _evaluate_qa(w, cfg, llava, store, eval_subjects, train_ids)
+        qa.to_csv(w.path / "qa_test.csv", index=False)
+        timings["evaluation"] = time.time() - t
+
+        t = time.time()
+        _evaluate_concepts(w, cfg, fm, encoder, store, eval_subjects).to_csv(w.path / "concept_ablation.csv",
+                                                                             index=False)
+        timings["concepts"] = time.time() - t
+        (w.path / "notes.json").write_text(json.dumps({"unavailable": {
+            "SPICE": UNAVAILABLE["SPICE"], **({} if cfg.meteor else {"METEOR": UNAVAILABLE["METEOR"]})}}, indent=1))
+        for k, v in timings.items():
+            w.add_metric("timing", "all", "all", f"seconds_{k}", v)
+
+
+def _image_means(trials):
+    """Training fMRI averaged over repetitions per (subject, image): (rows, image ids)."""
+    key = trials.subjects * (10 ** 9) + trials.image_ids
+    uniq, inverse = np.unique(key, return_inverse=True)
+    sums = torch.zeros(len(uniq), trials.voxels.shape[1], dtype=torch.float64)
+    sums.index_add_(0, torch.from_numpy(inverse), torch.from_numpy(trials.voxels).double())
+    counts = np.bincount(inverse, minlength=len(uniq))[:, None]
+    return (sums.numpy() / counts).astype(np.float32), uniq % (10 ** 9)

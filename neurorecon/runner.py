@@ -19,6 +19,13 @@ __all__ = ["reproduce", "notebooks", "STAGE_CONFIGS"]
 #: Config class of each stage, as "module:Class" (imported only when needed).
 STAGE_CONFIGS = {
     "data": "neurorecon.data.stage:DataConfig",
+    "foundation": "neurorecon.foundation.config:FoundationConfig",
+    "encoding": "neurorecon.encoding.stage:EncodingConfig",
+    "pretrain": "neurorecon.neuropictor.stage:PretrainConfig",
+    "refine": "neurorecon.neuropictor.stage:RefineConfig",
+    "language": "neurorecon.nv2l.stage:LanguageConfig",
+    "reconstruction": "neurorecon.evaluation.stage:ReconstructionConfig",
+    "figures": "neurorecon.evaluation.figures:FiguresConfig",
 }
 _NB_RE = re.compile(r"^(\d\d)_.+\.ipynb$")
 

@@ -1,0 +1,315 @@
+"""Stage ``figures`` (notebook 08): the papers' figures and tables from the reconstruction stage (notebook 07).
+
+- :func:`plot_reconstructions`: ground truth above every method's reconstructions (NeuroPictor Fig. 3 / NV2L
+  Fig. 4 style);
+- :func:`plot_metric_bars`: each image metric per method, averaged vs single-trial fMRI vs the shuffled-fMRI
+  control, with chance;
+- :func:`plot_sweeps` and :func:`plot_sweep_images`: metrics and images against NeuroPictor's control scale and
+  the img2img strength of NV2L and the ridge baseline;
+- :func:`plot_retrieval`, :func:`plot_captions`: NV2L's retrieval and caption scores against controls;
+- :func:`paper_table`: our numbers in the layout of the papers' main table, beside the published ones
+  (:data:`PUBLISHED`, real NSD; ours are on whatever data the profile uses — NSD-mini in demo/smoke — so the two
+  are not comparable number for number).
+
+Artifacts (``artifacts/<profile>/figures/``): ``paper_table.csv``, ``paper_table.md``, ``figures.json`` (the
+figure files written); metrics: the number of figures.
+"""
+
+import dataclasses
+import hashlib
+import json
+import re
+from typing import Optional
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .. import paths
+from ..artifacts import StageWriter, is_complete, read_marker
+from ..config import StageConfig
+from .io import load_reconstructions
+from .stage import METHOD_LABELS, SHUFFLED, load_results
+from .table import LOWER_IS_BETTER
+
+__all__ = ["FiguresConfig", "PUBLISHED", "PAPER_COLUMNS", "IMAGE_METRICS", "CAPTION_METRICS_SHOWN",
+           "run_figures_stage", "paper_table", "plot_reconstructions", "plot_metric_bars", "plot_sweeps",
+           "plot_sweep_images", "plot_retrieval", "plot_captions", "savefig"]
+
+#: The papers' main-table columns (our metric names → the papers' headers).
+PAPER_COLUMNS = {"PixCorr": "PixCorr", "SSIM": "SSIM", "AlexNet(2)": "Alex(2)", "AlexNet(5)": "Alex(5)",
+                 "Inception": "Incep", "CLIP": "CLIP", "EffNet-B": "EffNet↓", "SwAV": "SwAV↓"}
+#: Image metrics in report order (demo-CLIP only exists in smoke/demo).
+IMAGE_METRICS = ("PixCorr", "SSIM", "AlexNet(2)", "AlexNet(5)", "Inception", "CLIP", "demo-CLIP", "EffNet-B", "SwAV")
+CAPTION_METRICS_SHOWN = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE", "CLIP-S", "demo-CLIP-S")
+_PERCENT = ("AlexNet(2)", "AlexNet(5)", "Inception", "CLIP", "demo-CLIP")
+_CHANCE = {"AlexNet(2)": 0.5, "AlexNet(5)": 0.5, "Inception": 0.5, "CLIP": 0.5, "demo-CLIP": 0.5, "PixCorr": 0.0}
+
+#: Published numbers on real NSD (4-subject means, 982 test images unless noted; /work/shared/reference/metrics.md).
+PUBLISHED = pd.DataFrame(
+    [("Brain-Diffuser", .254, .356, 94.2, 96.2, 87.2, 91.5, .775, .423),
+     ("MindEye1", .309, .323, 94.7, 97.8, 93.8, 94.1, .645, .367),
+     ("NeuroPictor", .229, .375, 96.5, 98.4, 94.5, 93.3, .639, .350),
+     ("NV2L", .265, .357, 93.1, 97.1, 96.8, 97.5, .633, .321),
+     ("MindEye2 (1000 images)", .322, .431, 96.1, 98.6, 95.4, 93.0, .619, .344)],
+    columns=["method"] + list(PAPER_COLUMNS.values())).set_index("method")
+
+
+@dataclasses.dataclass
+class FiguresConfig(StageConfig):
+    """Config of the figures stage (``neurorecon/configs/figures.yaml``)."""
+
+    STAGE = "figures"
+    NOTEBOOK = "08_paper_figures"
+
+    subject: Optional[int] = None
+    n_show: int = 8
+    variant: str = "averaged"
+    dpi: int = 120
+
+    def digest(self):  # figures depend on the reconstruction stage they were drawn from
+        marker = read_marker("reconstruction", self.profile) or {}
+        blob = json.dumps([self.to_dict(), marker.get("digest"), marker.get("finished")], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def savefig(fig, path, dpi=120):
+    """Save a figure as PNG, close it, return the path."""
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _img(x):
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 3 and x.shape[0] == 3:
+        x = x.transpose(1, 2, 0)
+    return np.clip(x / 255.0 if x.max() > 1.5 else x, 0, 1)
+
+
+def _methods(results):
+    """Methods with image metrics, real ones first in :data:`METHOD_LABELS` order."""
+    order = list(METHOD_LABELS.values())
+    names = results[results.metric == "PixCorr"].method.unique().tolist()
+    return sorted(names, key=lambda m: (m.endswith(SHUFFLED), order.index(m.replace(SHUFFLED, ""))
+                                        if m.replace(SHUFFLED, "") in order else len(order), m))
+
+
+def plot_reconstructions(gt, rows, titles=None, col_width=1.5):
+    """Ground truth (first row) above reconstructions; ``rows`` = {label: images (n, H, W, 3) or (n, 3, H, W)}."""
+    n = len(gt)
+    labels = ["ground truth"] + list(rows)
+    fig, axes = plt.subplots(len(labels), n, figsize=(col_width * n + 1.2, col_width * len(labels)), squeeze=False)
+    for r, label in enumerate(labels):
+        images = gt if r == 0 else rows[label]
+        for c in range(n):
+            ax = axes[r][c]
+            ax.imshow(_img(images[c]))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(label.replace(" (", "\n("), fontsize=8)
+            if r == 0 and titles is not None:
+                ax.set_title(str(titles[c]), fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_metric_bars(results, subject=None):
+    """One panel per image metric with values: bars per method for averaged and single-trial fMRI and the
+    shuffled-fMRI control; the dashed line is chance (two-way 50 %, PixCorr 0)."""
+    df = results if subject is None else results[results.subject == str(subject)]
+    df = df[df.metric.isin(IMAGE_METRICS) & df.value.notna()]
+    metrics = [m for m in IMAGE_METRICS if m in set(df.metric)]
+    methods = [m for m in _methods(df) if not m.endswith(SHUFFLED)]
+    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(2.3 + 2.2 * len(metrics), 3.4), squeeze=False)
+    kinds = (("averaged", "", "C0"), ("single-trial", "", "C1"), ("averaged", SHUFFLED, "0.6"))
+    for ax, metric in zip(axes[0], metrics):
+        x = np.arange(len(methods))
+        for k, (variant, suffix, color) in enumerate(kinds):
+            vals = []
+            for m in methods:
+                sel = df[(df.method == m + suffix) & (df.variant == variant) & (df.metric == metric)].value
+                vals.append(sel.mean() if len(sel) else np.nan)
+            label = "shuffled fMRI" if suffix else f"{variant} fMRI"
+            ax.bar(x + (k - 1) * 0.27, vals, width=0.27, color=color, label=label)
+        if metric in _CHANCE:
+            ax.axhline(_CHANCE[metric], ls="--", color="k", lw=0.8)
+        ax.set_xticks(x)
+        ax.set_xticklabels([m.replace(" (", "\n(") for m in methods], rotation=60, ha="right", fontsize=7)
+        ax.set_title(metric + (" ↓" if metric in LOWER_IS_BETTER else ""), fontsize=9)
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_sweeps(sweeps, subject=None):
+    """Metric against the swept parameter, one line per method (NeuroPictor: control scale; img2img methods:
+    strength)."""
+    df = sweeps if subject is None else sweeps[sweeps.subject == str(subject)]
+    df = df[df.value.notna() & df.metric.isin(IMAGE_METRICS)]
+    metrics = [m for m in IMAGE_METRICS if m in set(df.metric)]
+    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(0.5 + 3.2 * len(metrics), 3.0), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for (method, param), g in df[df.metric == metric].groupby(["method", "parameter"], sort=False):
+            g = g.sort_values("setting")
+            ax.plot(g.setting, g.value, marker="o", label=f"{method} ({param})")
+        if metric in _CHANCE:
+            ax.axhline(_CHANCE[metric], ls="--", color="k", lw=0.8)
+        ax.set_xlabel("setting")
+        ax.set_title(metric, fontsize=9)
+    axes[0][-1].legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def plot_sweep_images(gt, images_by_setting, parameter, col_width=1.4):
+    """Ground truth and reconstructions per setting of one method's sweep (rows)."""
+    rows = {f"{parameter} = {k:g}": v for k, v in sorted(images_by_setting.items())}
+    return plot_reconstructions(gt, rows, col_width=col_width)
+
+
+def plot_retrieval(results):
+    """MindEye retrieval (top-1, both directions) of brain-predicted CLIP embeddings vs the shuffled control and
+    chance, with 95 % intervals."""
+    df = results[results.metric.str.startswith("Retrieval") & ~results.metric.str.contains("CI95")]
+    fig, ax = plt.subplots(figsize=(5.2, 3.0))
+    labels = []
+    for k, ((method, variant), g) in enumerate(df.groupby(["method", "variant"], sort=False)):
+        for d, direction in enumerate(("brain->image", "image->brain")):
+            v = g[g.metric == f"Retrieval {direction}"].value.mean()
+            lo = results[(results.method == method) & (results.variant == variant)
+                         & (results.metric == f"Retrieval {direction} CI95 low")].value.mean()
+            hi = results[(results.method == method) & (results.variant == variant)
+                         & (results.metric == f"Retrieval {direction} CI95 high")].value.mean()
+            ax.bar(k + (d - 0.5) * 0.4, v, width=0.4, color=f"C{d}", label=direction if k == 0 else None,
+                   yerr=[[v - lo], [hi - v]] if np.isfinite(lo) else None)
+        labels.append(f"{method}\n{variant}")
+    found = [int(m.group(1)) for note in df.note.dropna().unique() if (m := re.search(r"chance 1/(\d+)", note))]
+    n = found[0] if found else None
+    if n:
+        ax.axhline(1 / n, ls="--", color="k", lw=0.8, label=f"chance 1/{n}")
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, fontsize=7, rotation=30, ha="right")
+    ax.set_ylabel("top-1 accuracy")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_captions(results):
+    """Caption metrics of NV2L's captions, the nearest-neighbour caption baseline and the shuffled control."""
+    df = results[results.metric.isin(CAPTION_METRICS_SHOWN) & results.value.notna()]
+    metrics = [m for m in CAPTION_METRICS_SHOWN if m in set(df.metric)]
+    methods = list(dict.fromkeys(df.method))
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(metrics), 3.0))
+    x = np.arange(len(metrics))
+    w = 0.8 / max(1, len(methods))
+    for k, m in enumerate(methods):
+        vals = [df[(df.method == m) & (df.metric == metric)].value.mean() for metric in metrics]
+        ax.bar(x + (k - (len(methods) - 1) / 2) * w, vals, width=w, label=m, color=f"C{k}")
+    ax.set_xticks(x)
+    ax.set_xticklabels(metrics, fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def paper_table(results, variant="averaged", subjects=None):
+    """Our image metrics in the papers' main-table layout (mean over subjects; two-way in %), with the published
+    rows below.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Rows: our methods (``(ours)``) then :data:`PUBLISHED`; columns: :data:`PAPER_COLUMNS` (plus ``demo-CLIP``
+        when present); NaN where a metric is unavailable.
+    """
+    df = results[(results.variant == variant) & results.metric.isin(IMAGE_METRICS)]
+    if subjects is not None:
+        df = df[df.subject.isin([str(s) for s in subjects])]
+    mean = df.groupby(["method", "metric"], sort=False).value.mean().unstack()
+    for m in _PERCENT:
+        if m in mean:
+            mean[m] = mean[m] * 100
+    cols = [c for c in IMAGE_METRICS if c in mean.columns or c in PAPER_COLUMNS]
+    mean = mean.reindex(columns=cols).reindex(_methods(df))
+    mean.index = [f"{m} (ours)" for m in mean.index]
+    mean = mean.rename(columns=PAPER_COLUMNS)
+    published = PUBLISHED.copy()
+    published.index = [f"{m} (published, real NSD)" for m in published.index]
+    out = pd.concat([mean, published.reindex(columns=mean.columns)])
+    out.index.name = "method"
+    return out
+
+
+def _markdown(table):
+    cols = list(table.columns)
+    lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for name, row in table.iterrows():
+        cells = ["–" if not np.isfinite(v) else (f"{v:.1f}" if abs(v) >= 2 else f"{v:.3f}") for v in row.values]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _load_images(folder, key, subject, variant):
+    path = folder / "reconstructions" / f"{key}_subj{int(subject):02d}_{variant}.npz"
+    return load_reconstructions(path) if path.is_file() else None
+
+
+def run_figures_stage(cfg, force=False, log=print):
+    """Draw every figure and table (see the module docstring); returns the stage folder."""
+    folder = paths.stage_dir(cfg.STAGE, cfg.profile)
+    if not force and is_complete(cfg.STAGE, cfg.profile, cfg.digest()):
+        return folder
+    from ..data import open_store
+    from ..data.stage import store_path
+
+    res = load_results(cfg.profile)
+    results, sweeps, src = res["results"], res["sweeps"], res["folder"]
+    store = open_store(store_path(cfg.profile))
+    subjects = [s for s in results.subject.unique() if s.isdigit()]
+    subject = str(cfg.subject) if cfg.subject is not None else subjects[0]
+    fig_dir = paths.figures_dir(cfg.profile)
+    written = {}
+
+    def save(fig, name):
+        written[name] = str(savefig(fig, fig_dir / f"08_{name}.png", cfg.dpi))
+
+    keys = [k for k in METHOD_LABELS if _load_images(src, k, subject, cfg.variant) is not None]
+    if keys:
+        first = _load_images(src, keys[0], subject, cfg.variant)
+        ids = first["image_ids"][:cfg.n_show]
+        rows = {}
+        for k in keys:
+            rec = _load_images(src, k, subject, cfg.variant)
+            rows[METHOD_LABELS[k]] = rec["images"][:cfg.n_show]
+        save(plot_reconstructions(store.get_images(ids), rows, titles=ids), f"reconstructions_subj{int(subject):02d}")
+        shuffled = {METHOD_LABELS[k] + SHUFFLED: r["images"][:cfg.n_show]
+                    for k in keys if (r := _load_images(src, f"{k}_shuffled", subject, "averaged")) is not None}
+        if shuffled:
+            save(plot_reconstructions(store.get_images(ids), shuffled, titles=ids), "shuffled_control")
+    save(plot_metric_bars(results, subject), "metrics")
+    if len(sweeps):
+        save(plot_sweeps(sweeps, subject), "sweeps")
+        for k in keys:
+            files = sorted((src / "reconstructions" / "sweeps").glob(f"{k}_subj{int(subject):02d}_*.npz"))
+            if files:
+                recs = [load_reconstructions(f) for f in files]
+                param = recs[0]["variant"].split("=")[0]
+                by = {float(r["variant"].split("=")[1]): r["images"][:cfg.n_show] for r in recs}
+                save(plot_sweep_images(store.get_images(recs[0]["image_ids"][:cfg.n_show]), by, param),
+                     f"sweep_{k}")
+    if results.metric.str.startswith("Retrieval").any():
+        save(plot_retrieval(results), "retrieval")
+    if results.metric.isin(CAPTION_METRICS_SHOWN).any():
+        save(plot_captions(results), "captions")
+    table = paper_table(results, cfg.variant)
+    with StageWriter(cfg) as w:
+        table.to_csv(w.path / "paper_table.csv")
+        (w.path / "paper_table.md").write_text(_markdown(table))
+        (w.path / "figures.json").write_text(json.dumps(written, indent=1))
+        w.add_metric("figures", "all", "all", "n_figures", len(written))
+    log(f"{len(written)} figures in {fig_dir}")
+    return folder
+

@@ -1,0 +1,356 @@
+"""Stage ``reconstruction`` (notebook 07): every method reconstructs the evaluation subjects' test images and one
+harness scores them all.
+
+For each subject and method: reconstructions from the repetition-averaged test fMRI (``averaged``) and from the
+first repetition of each test image alone (``single-trial``); the shuffled-fMRI control (a derangement of the
+averaged test inputs, same sampling noise) scored against the unshuffled ground truth, which must fall to chance;
+reconstructions are rounded to uint8 before scoring, so the saved files re-score to the same numbers;
+parameter sweeps on the first ``sweep_n`` images (NeuroPictor's control scale, NV2L's and the ridge baseline's
+img2img strength); NV2L's captions (notebook 06) with pycocoevalcap and CLIP-S.
+
+NV2L reconstructs as the paper does: the ViT3D's predicted CLIP image embedding conditions the unCLIP UNet, its
+predicted VAE latent is the img2img start, and the text context is the brain LLaVA's answer to the
+reconstruction instruction ("Provide the corresponding Stable Diffusion prompts for the image.") from the same
+fMRI (``nv2l_prompt: false``: the empty prompt).
+
+Artifacts (``$NEURORECON_HOME/artifacts/<profile>/reconstruction/``)::
+
+    results.csv            the tidy table (method, subject, metric, value, variant, note), every method and control
+    sweeps.csv             method, subject, parameter, setting, metric, value
+    nv2l_prompts.csv       the brain LLaVA's Stable Diffusion prompts NV2L reconstructs with
+    reconstructions/       <method>_subjNN_<variant>.npz in the `neurorecon evaluate` format (re-scorable)
+    protocol.json          resize/antialias settings, metric networks used and unavailable ones, sampling
+    metrics.csv, config.yaml, COMPLETE
+"""
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from .. import paths
+from ..artifacts import StageWriter, is_complete, require_stage
+from ..config import StageConfig, load_config
+from ..errors import ConfigError
+from .config import EvaluationConfig
+from .images import protocol_settings, to_uint8
+from .io import save_reconstructions
+from .networks import load_metric_networks
+from .table import evaluate_captions, evaluate_reconstructions, write_metrics
+
+__all__ = ["ReconstructionConfig", "METHOD_LABELS", "run_reconstruction_stage", "eval_inputs", "derangement",
+           "load_results"]
+
+#: Method key → the name used in tables and figures.
+METHOD_LABELS = {"neuropictor": "NeuroPictor", "neuropictor_pretrain": "NeuroPictor (multi-subject only)",
+                 "nv2l": "NV2L", "ridge": "Ridge (Takagi & Nishimoto)"}
+_INPUTS = {"neuropictor": "flat", "neuropictor_pretrain": "flat", "nv2l": "common", "ridge": "betas"}
+_NEEDS = {"neuropictor": "refine", "neuropictor_pretrain": "pretrain", "nv2l": "language", "ridge": None}
+SHUFFLED = " (shuffled fMRI)"
+
+
+@dataclasses.dataclass
+class ReconstructionConfig(StageConfig):
+    """Config of the reconstruction stage (``neurorecon/configs/reconstruction.yaml``; comments there).
+
+    Its :meth:`digest` also covers the evaluation settings (:class:`EvaluationConfig` of the profile with
+    ``evaluation_file``), so changing a metric network's weight file reruns the stage.
+    """
+
+    STAGE = "reconstruction"
+    NOTEBOOK = "07_reconstruction_and_evaluation"
+
+    subjects: Optional[list[int]] = None
+    methods: list[str] = dataclasses.field(default_factory=lambda: list(METHOD_LABELS))
+    n_eval: int = 0
+    single_trial: bool = True
+    shuffle_seed: int = 0
+    seed: int = 42
+    batch_size: int = 50
+    num_inference_steps: int = 20
+    guidance_scale: float = 3.0
+    control_scale: float = 1.0
+    nv2l_strength: float = 0.8
+    nv2l_noise_level: int = 0
+    nv2l_prompt: bool = True
+    nv2l_prompt_tokens: int = 48
+    ridge_strength: float = 0.8
+    ridge_average: bool = True
+    sweep_n: int = 24
+    control_scales: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.5, 1.0])
+    strengths: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.8, 1.0])
+    captions: bool = True
+    evaluation_file: Optional[str] = None
+    num_threads: Optional[int] = None
+
+    def evaluation(self):
+        """The :class:`EvaluationConfig` of this profile (with ``evaluation_file`` applied)."""
+        return load_config(EvaluationConfig, self.profile, path=self.evaluation_file)
+
+    def digest(self):
+        blob = json.dumps([self.to_dict(), self.evaluation().to_dict()], sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def derangement(n, seed):
+    """A permutation of range(n) without fixed points (each input goes to another image's slot)."""
+    if n < 2:
+        raise ValueError("the shuffled control needs at least 2 test images")
+    p = np.random.default_rng(seed).permutation(n)
+    out = np.empty(n, dtype=np.int64)
+    out[p] = p[(np.arange(n) + 1) % n]
+    return out
+
+
+def eval_inputs(sub, kind, variant, n):
+    """Test inputs of the first ``n`` sorted test images: ``kind`` ``betas``/``flat``/``common``; ``variant``
+    ``averaged`` (mean over repetitions) or ``single-trial`` (the first repetition of each image).
+
+    Returns
+    -------
+    ids : ndarray (n,), x : ndarray (n, ...) float32
+    """
+    ids = np.asarray(sub.test_image_ids)[:n]
+    if variant == "averaged":
+        x = {"betas": sub.test_betas, "flat": sub.test_flat, "common": sub.test_common}[kind]
+    else:
+        first = np.unique(np.asarray(sub.test_trial_image_ids), return_index=True)[1]  # aligned with the ids
+        name = {"betas": "test_trial_betas", "flat": "test_trial_flat", "common": "test_trial_common"}[kind]
+        path = sub.folder / f"{name}.npy"
+        x = np.load(path, mmap_mode="r")[first] if path.is_file() else None
+    if x is None:
+        raise ConfigError(f"subject {sub.subject}: the prepared store has no '{kind}' test inputs")
+    return ids, np.asarray(x[:n], dtype=np.float32)
+
+
+class _Method:
+    """One method's reconstruction function on test inputs (float images (n, 3, S, S) in [0, 1])."""
+
+    def __init__(self, key, cfg, fm, store, subject, log):
+        self.key, self.cfg, self.fm = key, cfg, fm
+        self.label = METHOD_LABELS[key]
+        self.kind = _INPUTS[key]
+        self.brain_embeds = None
+        if key in ("neuropictor", "neuropictor_pretrain"):
+            from ..neuropictor import SampleSettings, load_pipeline
+
+            stage = require_stage(_NEEDS[key], cfg.profile)
+            self.pipe = load_pipeline(fm, stage / ("refined_mask" if key == "neuropictor" else "model"), "ddim")
+            self.settings = SampleSettings(cfg.num_inference_steps, cfg.guidance_scale, cfg.control_scale, "ddim",
+                                           cfg.seed, cfg.batch_size)
+        elif key == "nv2l":
+            from ..nv2l import BrainLlava, ViT3D
+
+            lang = require_stage("language", cfg.profile)
+            self.encoder = ViT3D.from_pretrained(lang / "vit3d")
+            self.llava = BrainLlava.from_pretrained(lang / "brain_llava") if cfg.nv2l_prompt else None
+            self.prompts = None
+        elif key == "ridge":
+            from ..baselines import fit_subject_ridge
+
+            t = time.time()
+            self.ridge = fit_subject_ridge(fm, store, subject, average=cfg.ridge_average, seed=cfg.seed)
+            log(f"  ridge fit for subject {subject} in {time.time() - t:.0f} s (alpha latent "
+                f"{self.ridge.latent_map.alpha:g}, text {self.ridge.text_map.alpha:g})")
+        else:
+            raise ConfigError(f"reconstruction config: unknown method {key!r}; expected {', '.join(METHOD_LABELS)}")
+
+    @property
+    def sweep_parameter(self):
+        """``control_scale`` (NeuroPictor) or ``strength`` (img2img methods)."""
+        return "control_scale" if self.key.startswith("neuropictor") else "strength"
+
+    @torch.no_grad()
+    def __call__(self, x, setting=None):
+        cfg, fm = self.cfg, self.fm
+        if self.key.startswith("neuropictor"):
+            from ..neuropictor import reconstruct
+
+            return reconstruct(self.pipe, x, self.settings, control_scale=setting)
+        if self.key == "nv2l":
+            pred = self.encoder.predict(x)
+            self.brain_embeds = pred["clip"].numpy()
+            strength = cfg.nv2l_strength if setting is None else setting
+            if self.llava is not None:  # the brain LLaVA's answer to the reconstruction instruction
+                from ..nv2l.instructions import RECONSTRUCTION_PROMPT
+
+                self.prompts = self.llava.generate(x, RECONSTRUCTION_PROMPT, max_new_tokens=cfg.nv2l_prompt_tokens)
+                context = fm.text_tokens(self.prompts)
+            else:
+                context = fm.empty_tokens(len(x))
+            return fm.sample(context, image_embeds=pred["clip"], noise_level=cfg.nv2l_noise_level,
+                              init_latents=pred["latent"], strength=float(strength), num_steps=cfg.num_inference_steps,
+                              guidance_scale=cfg.guidance_scale, scheduler="ddim", seed=cfg.seed,
+                              batch_size=cfg.batch_size).cpu()
+        strength = cfg.ridge_strength if setting is None else setting
+        return self.ridge.reconstruct(fm, x, strength=strength, num_steps=cfg.num_inference_steps,
+                                      guidance_scale=cfg.guidance_scale, seed=cfg.seed, batch_size=cfg.batch_size)
+
+
+def _subjects(cfg, store):
+    if cfg.subjects:
+        return [int(s) for s in cfg.subjects]
+    if any(m.startswith("neuropictor") for m in cfg.methods):
+        refine = require_stage("refine", cfg.profile)
+        return [int(yaml.safe_load((refine / "config.yaml").read_text())["subject"])]
+    return [int(store.subjects[0])]
+
+
+def _caption_rows(cfg, ev, fm, store, subject, gt_ids, gt, scorer, log):
+    table = pd.read_csv(require_stage("language", cfg.profile) / "captions_test.csv")
+    table = table[table.subject == subject].set_index("image_id")
+    keep = [i for i in gt_ids if int(i) in table.index]
+    if not keep:
+        log(f"  no NV2L captions for subject {subject} (not among the language stage's evaluation subjects)")
+        return []
+    rows = np.array([k for k, i in enumerate(gt_ids) if int(i) in table.index])
+    refs = [list(store.annotations[int(i)]["captions"]) for i in keep]
+    out = []
+    for col, label in (("brain_llava", "NV2L captions"), ("nn_caption", "nearest-neighbour caption"),
+                       ("shuffled_fmri", "NV2L captions" + SHUFFLED)):
+        cands = [str(c) for c in table.loc[keep, col]]
+        out.append(evaluate_captions(refs, cands, label, subject, "averaged", fm=fm, images=gt[rows], scorer=scorer,
+                                     clip_s_weight=ev.clip_s_weight, clip_s_prefix=ev.clip_s_prefix))
+    return out
+
+
+def run_reconstruction_stage(cfg, force=False, fm=None, log=print):
+    """Reconstruct and evaluate every method (see the module docstring); returns the stage folder.
+
+    Parameters
+    ----------
+    cfg : ReconstructionConfig
+    force : bool
+        Rerun even if complete with the same config (and evaluation settings).
+    fm : Foundation, optional
+        Default ``load_foundation(cfg.profile, with_lm=False)``.
+    log : callable
+    """
+    folder = paths.stage_dir(cfg.STAGE, cfg.profile)
+    if not force and is_complete(cfg.STAGE, cfg.profile, cfg.digest()):
+        return folder
+    bad = [m for m in cfg.methods if m not in METHOD_LABELS]
+    if bad:
+        raise ConfigError(f"reconstruction config: unknown method(s) {bad}; expected {', '.join(METHOD_LABELS)}")
+    threads = torch.get_num_threads()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    try:
+        _run(cfg, fm, log)
+    finally:
+        torch.set_num_threads(threads)
+    return folder
+
+
+def _run(cfg, fm, log):
+    from ..data import open_store
+    from ..data.stage import store_path
+
+    store = open_store(store_path(cfg.profile))
+    for m in cfg.methods:  # fail before any work if an input stage is missing (the error names its notebook)
+        if _NEEDS[m]:
+            require_stage(_NEEDS[m], cfg.profile)
+    if fm is None:
+        from ..foundation import load_foundation
+
+        fm = load_foundation(cfg.profile, with_lm=False)
+    ev = cfg.evaluation()
+    nets = load_metric_networks(ev, fm)
+    variants = ["averaged"] + (["single-trial"] if cfg.single_trial else [])
+    tables, sweeps, timings, prompts = [], [], {}, []
+    scorer = None
+    with StageWriter(cfg) as w:
+        rec_dir = w.path / "reconstructions"
+        try:
+            for s in _subjects(cfg, store):
+                sub = store.subject(s)
+                n = len(sub.test_image_ids) if cfg.n_eval <= 0 else min(cfg.n_eval, len(sub.test_image_ids))
+                gt_ids = np.asarray(sub.test_image_ids)[:n]
+                gt = store.get_images(gt_ids)
+                gt_embeds = fm.image_embeds(gt, normalize=False).numpy()  # NV2L's target space (retrieval)
+                perm = derangement(n, cfg.shuffle_seed)
+                for key in cfg.methods:
+                    method = _Method(key, cfg, fm, store, s, log)
+                    for variant in variants:
+                        ids, x = eval_inputs(sub, method.kind, variant, n)
+                        t = time.time()
+                        rec = to_uint8(method(x))  # scored exactly as saved (and 4x smaller than float)
+                        timings[f"{key}_subj{s:02d}_{variant}"] = time.time() - t
+                        tables.append(evaluate_reconstructions(
+                            gt, rec, method.label, s, variant, nets, brain_embeds=method.brain_embeds,
+                            image_embeds=gt_embeds, retrieval_size=ev.retrieval_size,
+                            retrieval_draws=ev.retrieval_draws, retrieval_seed=ev.retrieval_seed))
+                        save_reconstructions(rec_dir / f"{key}_subj{s:02d}_{variant}.npz", rec, ids, subject=s,
+                                             method=method.label, variant=variant, brain_embeds=method.brain_embeds)
+                        if getattr(method, "prompts", None) is not None:
+                            prompts.append(pd.DataFrame(dict(subject=s, variant=variant, image_id=ids,
+                                                             prompt=method.prompts)))
+                        log(f"  subject {s} {method.label} {variant}: {n} images in {time.time() - t:.0f} s")
+                        if variant == "averaged":
+                            shuffled = to_uint8(method(x[perm]))
+                            tables.append(evaluate_reconstructions(
+                                gt, shuffled, method.label + SHUFFLED, s, variant, nets,
+                                brain_embeds=method.brain_embeds, image_embeds=gt_embeds,
+                                retrieval_size=ev.retrieval_size, retrieval_draws=ev.retrieval_draws,
+                                retrieval_seed=ev.retrieval_seed))
+                            save_reconstructions(rec_dir / f"{key}_shuffled_subj{s:02d}_{variant}.npz", shuffled,
+                                                 ids, subject=s, method=method.label + SHUFFLED, variant=variant)
+                    if key != "neuropictor_pretrain":  # sweeps of the final models only
+                        _sweep(cfg, method, sub, gt[:cfg.sweep_n], nets, s, sweeps, rec_dir)
+                if cfg.captions and "nv2l" in cfg.methods:
+                    if scorer is None:
+                        from ..nv2l.captions import CaptionScorer
+
+                        scorer = CaptionScorer(meteor=ev.caption_meteor, tokenizer=ev.caption_tokenizer)
+                    tables.extend(_caption_rows(cfg, ev, fm, store, s, gt_ids, gt, scorer, log))
+        finally:
+            if scorer is not None:
+                scorer.close()
+        table = pd.concat(tables, ignore_index=True)
+        table.to_csv(w.path / "results.csv", index=False)
+        if prompts:
+            pd.concat(prompts, ignore_index=True).to_csv(w.path / "nv2l_prompts.csv", index=False)
+        sweep_table = pd.DataFrame(sweeps, columns=["method", "subject", "parameter", "setting", "metric", "value"])
+        sweep_table.to_csv(w.path / "sweeps.csv", index=False)
+        write_metrics(w, table)
+        for r in sweep_table.itertuples(index=False):
+            if np.isfinite(r.value):
+                w.add_metric(r.method, r.subject, f"sweep-{r.parameter}={r.setting:g}", r.metric, r.value)
+        for k, v in timings.items():
+            w.add_metric("timing", "all", "test", f"seconds_{k}", v)
+        (w.path / "protocol.json").write_text(json.dumps(dict(
+            protocol_settings(nets.antialias), networks=nets.sources(), unavailable=nets.unavailable,
+            foundation={k: str(v) for k, v in fm.names.items()}, evaluation=ev.to_dict(),
+            sampling=dict(scheduler="ddim", steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
+                          seed=cfg.seed)), indent=1))
+
+
+def _sweep(cfg, method, sub, gt, nets, subject, rows, rec_dir):
+    settings = cfg.control_scales if method.sweep_parameter == "control_scale" else cfg.strengths
+    if len(gt) < 2 or not settings:
+        return
+    ids, x = eval_inputs(sub, method.kind, "averaged", len(gt))
+    for value in settings:
+        rec = to_uint8(method(x, float(value)))
+        t = evaluate_reconstructions(gt, rec, method.label, subject, "averaged", nets)
+        for r in t.itertuples(index=False):
+            rows.append(dict(method=method.label, subject=str(subject), parameter=method.sweep_parameter,
+                             setting=float(value), metric=r.metric, value=r.value))
+        save_reconstructions(rec_dir / "sweeps" / f"{method.key}_subj{subject:02d}_{method.sweep_parameter}"
+                                                  f"{float(value):g}.npz", rec, ids, subject=subject,
+                             method=method.label, variant=f"{method.sweep_parameter}={float(value):g}")
+
+
+def load_results(profile):
+    """The complete reconstruction stage's tables: ``results``, ``sweeps`` (DataFrames) and ``protocol`` (dict)."""
+    folder = require_stage(ReconstructionConfig.STAGE, profile)
+    return dict(results=pd.read_csv(folder / "results.csv", dtype={"subject": str}, keep_default_na=True),
+                sweeps=pd.read_csv(folder / "sweeps.csv", dtype={"subject": str}),
+                protocol=json.loads((folder / "protocol.json").read_text()), folder=Path(folder))

@@ -102,6 +102,10 @@ def build_parser():
     s.add_argument("--start", help="first notebook to run, e.g. 03")
     s.add_argument("--force", action="store_true", help="rerun stages that are already complete")
     s.set_defaults(func=_cmd_reproduce)
+
+    from .evaluation.cli import add_evaluate_parser
+
+    add_evaluate_parser(sub)
     return p
 
 

@@ -11,7 +11,7 @@ from .encoder import test_voxels
 from .instructions import read_llava_json, scene_objects
 
 __all__ = ["load_outputs", "record_counts", "format_record", "dialogues", "concept_maps", "encoder_table",
-           "ablation_table"]
+           "ablation_table", "multi_object_image"]
 
 
 def load_outputs(folder):
@@ -75,6 +75,21 @@ def concept_maps(encoder, fm, store, subject, image_id, prompt="a {}"):
     text = fm.text_embeds([prompt.format(c) for c in concepts]).float().cpu()
     xs = torch.from_numpy(np.repeat(x[k:k + 1], len(concepts), 0))
     return concepts, voxel_map(encoder, gradcam(encoder, xs, text)).numpy()
+
+
+def multi_object_image(store, subject, preferred=(), min_categories=2):
+    """A test image of the subject with at least ``min_categories`` object categories (the first of
+    ``preferred`` that qualifies, else the first such test image, else the first test image)."""
+    ids = [int(i) for i in store.subject(subject).test_image_ids]
+    size = store.meta["image_size"]
+
+    def ok(i):
+        return len({o["category"] for o in scene_objects(store.annotations[i], size)}) >= min_categories
+
+    for i in list(preferred) + ids:
+        if int(i) in ids and ok(int(i)):
+            return int(i)
+    return ids[0]
 
 
 def encoder_table(encoder_df):

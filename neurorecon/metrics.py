@@ -4,7 +4,7 @@
 import numpy as np
 import torch
 
-__all__ = ["two_way_identification", "retrieval_top1", "pearson_matrix", "pixcorr"]
+__all__ = ["two_way_identification", "retrieval_top1", "pearson_matrix", "pixcorr", "derangement"]
 
 
 def _as_2d(x):
@@ -63,3 +63,14 @@ def pixcorr(gt, rec):
     b = b - b.mean(1, keepdims=True)
     r = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
     return float(r.mean())
+
+
+def derangement(n, seed):
+    """A permutation of range(n) without fixed points, drawn from ``seed``: the shuffled-fMRI control (each input
+    goes to another image's slot). Raises ValueError for n < 2 (no such permutation)."""
+    if n < 2:
+        raise ValueError("the shuffled control needs at least 2 test images")
+    p = np.random.default_rng(seed).permutation(n)
+    out = np.empty(n, dtype=np.int64)
+    out[p] = p[(np.arange(n) + 1) % n]
+    return out

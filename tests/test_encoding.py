@@ -1,5 +1,4 @@
 import json
-import os
 import types
 
 import numpy as np
@@ -10,25 +9,6 @@ from neurorecon.encoding import (FMRIAutoencoder, FMRIEncoder, StackedMaps, mask
                                  sincos_2d, unpatchify, visual_mask)
 from neurorecon.errors import DataError
 from neurorecon.training import fit
-
-
-@pytest.fixture(scope="session")
-def smoke_data_home(tmp_path_factory):
-    """A home with the smoke data stage (NSD-mini simulated and prepared), shared by the stage tests."""
-    from neurorecon.config import load_config
-    from neurorecon.data.stage import DataConfig, run_data_stage
-
-    home = tmp_path_factory.mktemp("np_home")
-    old = os.environ.get("NEURORECON_HOME")
-    os.environ["NEURORECON_HOME"] = str(home)
-    try:
-        run_data_stage(load_config(DataConfig, "smoke"), progress=False)
-    finally:
-        if old is None:
-            os.environ.pop("NEURORECON_HOME", None)
-        else:
-            os.environ["NEURORECON_HOME"] = old
-    return home
 
 
 def test_sincos_positions_and_patches_round_trip():

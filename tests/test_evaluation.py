@@ -13,14 +13,10 @@ from skimage.metrics import structural_similarity
 
 from neurorecon.evaluation import (ANTIALIAS, correlation_distance, mindeye_retrieval, pixcorr, protocol_resize,
                                    protocol_settings, retrieval_draws, ssim, two_way_identification)
+from reference_metrics import loop_two_way
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _images(seed, n=5, size=37):
@@ -34,16 +30,6 @@ def _resize_ref(images, size):
     """Independent resize: torch.nn.functional.interpolate (bilinear, no antialias) of float images."""
     x = torch.from_numpy(images).permute(0, 3, 1, 2).double() / 255.0
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False).float()
-
-
-def loop_two_way(gt, rec):
-    n = len(gt)
-    scores = []
-    for j in range(n):
-        rjj = np.corrcoef(gt[j].ravel(), rec[j].ravel())[0, 1]
-        wins = sum(np.corrcoef(gt[i].ravel(), rec[j].ravel())[0, 1] < rjj for i in range(n) if i != j)
-        scores.append(wins / (n - 1))
-    return float(np.mean(scores))
 
 
 def test_resize_is_bilinear_without_antialias():

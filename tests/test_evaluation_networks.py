@@ -17,26 +17,13 @@ from neurorecon.evaluation import (EvaluationConfig, add_evaluate_parser, clip_s
                                    evaluate_captions, evaluate_reconstructions, load_metric_networks,
                                    save_reconstructions, variant_label, write_metrics)
 from neurorecon.foundation import tiny_random_foundation
+from reference_metrics import loop_two_way
 
 IMAGENET = (torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
 
 
-def loop_two_way(gt, rec):
-    n = len(gt)
-    out = []
-    for j in range(n):
-        rjj = np.corrcoef(gt[j].ravel(), rec[j].ravel())[0, 1]
-        out.append(sum(np.corrcoef(gt[i].ravel(), rec[j].ravel())[0, 1] < rjj for i in range(n) if i != j) / (n - 1))
-    return float(np.mean(out))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a CPU shared with other jobs, 2 threads run these convnets ~10-40x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# one torch thread: on a CPU shared with other jobs, 2 threads run these convnets ~10-40x slower
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(**paths):

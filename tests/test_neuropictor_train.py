@@ -9,23 +9,15 @@ import pytest
 import torch
 
 from neurorecon.neuropictor.train import main, parse_overrides
-from test_encoding import smoke_data_home  # noqa: F401  (session fixture: smoke data stage)
 
 QUICK = ["--set", "steps=6", "--set", "batch_size=4", "--set", "n_eval=2", "--set", "num_inference_steps=1",
          "--set", "eval_batch=2", "--set", "eval_subjects=[1]"]
 
 
 @pytest.fixture(scope="module")
-def home(smoke_data_home):  # noqa: F811
-    old = os.environ.get("NEURORECON_HOME")
-    os.environ["NEURORECON_HOME"] = str(smoke_data_home)
-    try:
+def home(smoke_data_home, home_set_to):
+    with home_set_to(smoke_data_home):
         main(["--stage", "encoding", "--profile", "smoke", "--set", "steps=2", "--no-progress"])
-    finally:
-        if old is None:
-            os.environ.pop("NEURORECON_HOME", None)
-        else:
-            os.environ["NEURORECON_HOME"] = old
     return smoke_data_home
 
 

@@ -10,12 +10,7 @@ from neurorecon.nv2l.vit3d import PatchGrid, ViT3D
 from neurorecon.training import ArrayBatches, fit
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread avoids OpenMP spin-waiting on a shared CPU
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _blob_mask(shape=(9, 10, 7), seed=0):

@@ -22,12 +22,7 @@ from neurorecon.simulate.scenes import render_scene, sample_scene, scene_caption
 from neurorecon.training import ArrayBatches
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread avoids OpenMP spin-waiting on a shared CPU
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _annotations(n=40, size=64, seed=0):

@@ -8,12 +8,7 @@ from neurorecon.baselines import fit_ridge, fit_ridge_reconstructor, roi_columns
 from neurorecon.foundation import tiny_random_foundation
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_ridge_recovers_a_planted_linear_map():

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..data.store import average_by_image
+from ..encoding.data import StackedMaps
 from ..errors import DataError
 
 __all__ = ["subject_pairs", "PairBatches", "cache_latents", "caption_lists"]
@@ -85,8 +86,7 @@ class PairBatches:
     """
 
     def __init__(self, maps, image_ids, latent_ids, latents, captions=None):
-        self.maps = list(maps)
-        self.offsets = np.cumsum([0] + [len(m) for m in self.maps])
+        self.maps = StackedMaps(maps)
         ids = np.concatenate([np.asarray(i) for i in image_ids])
         self.rows = np.searchsorted(latent_ids, ids)
         if not np.array_equal(np.asarray(latent_ids)[np.minimum(self.rows, len(latent_ids) - 1)], ids):
@@ -95,22 +95,16 @@ class PairBatches:
         self.captions = captions
 
     def __len__(self):
-        return int(self.offsets[-1])
+        return len(self.maps)
 
     def batch(self, indices):
         indices = np.asarray(indices)
-        maps = np.empty((len(indices),) + self.maps[0].shape[1:], dtype=np.float32)
-        which = np.searchsorted(self.offsets, indices, side="right") - 1
-        for k in np.unique(which):
-            sel = np.nonzero(which == k)[0]
-            local = indices[sel] - self.offsets[k]
-            order = np.argsort(local)
-            maps[sel[order]] = self.maps[k][local[order]]
+        out = self.maps.batch(indices)
         rows = self.rows[indices]
         order = np.argsort(rows)
         lat = np.empty((len(indices),) + self.latents.shape[1:], dtype=np.float32)
         lat[order] = self.latents[rows[order]]
-        out = {"maps": torch.from_numpy(maps), "latents": torch.from_numpy(lat)}
+        out["latents"] = torch.from_numpy(lat)
         if self.captions is not None:
             out["captions"] = [self.captions[r] for r in rows]
         return out

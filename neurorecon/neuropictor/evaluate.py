@@ -6,6 +6,7 @@ import dataclasses
 import numpy as np
 import torch
 
+from ..metrics import derangement
 from .controlnet import FMRIControlNetModel
 from .heads import FMRIConditioner
 from .metrics import image_metrics
@@ -60,14 +61,6 @@ def reconstruct(pipe, maps, settings, control_scale=None):
         out.append(pipe(chunk, num_inference_steps=settings.num_inference_steps,
                         guidance_scale=settings.guidance_scale, control_scale=scale, generator=gens).images.cpu())
     return torch.cat(out)
-
-
-def derangement(n, seed):
-    """A permutation of range(n) with no fixed point (every map goes to another image's slot)."""
-    p = np.random.default_rng(seed).permutation(n)
-    out = np.empty(n, dtype=np.int64)
-    out[p] = p[(np.arange(n) + 1) % n]
-    return out
 
 
 def evaluate_reconstructions(fm, pipe, maps, gt_images, settings, shuffle_seed=None):

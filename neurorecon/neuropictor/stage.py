@@ -119,13 +119,16 @@ def stage_checkpoint_dir(cfg, upstream):
     return paths.artifacts_dir(cfg.profile) / f"{cfg.STAGE}.ckpt" / hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _check(cfg):
+def _setup(cfg, foundation):
+    """Check the config; return the accelerator, the foundation (``foundation`` or the profile's) and the store."""
     if cfg.repetitions not in ("average", "trials"):
         raise ConfigError(f"{cfg.STAGE} config: repetitions must be 'average' or 'trials', got {cfg.repetitions!r}")
     if cfg.scheduler not in ("ddim", "dpm++"):
         raise ConfigError(f"{cfg.STAGE} config: scheduler must be 'ddim' or 'dpm++', got {cfg.scheduler!r}")
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    acc = make_accelerator(cfg.mixed_precision)
+    return acc, foundation or load_stage_foundation(cfg.profile), open_store(store_path(cfg.profile))
 
 
 def train_neuropictor(model, data, fm, *, steps, batch_size, lr, weight_decay, seed, ckpt_dir, ckpt_every,
@@ -211,10 +214,7 @@ def run_pretrain_stage(cfg, force=False, progress=True, foundation=None, stop_af
     folder = paths.stage_dir(cfg.STAGE, cfg.profile)
     if not force and is_complete(cfg.STAGE, cfg.profile, cfg.digest()):
         return folder
-    _check(cfg)
-    acc = make_accelerator(cfg.mixed_precision)
-    fm = foundation or load_stage_foundation(cfg.profile)
-    store = open_store(store_path(cfg.profile))
+    acc, fm, store = _setup(cfg, foundation)
     encoder = load_encoder(cfg.profile)
     subjects = cfg.subjects or store.subjects
     ckpt = Path(ckpt_dir) if ckpt_dir else stage_checkpoint_dir(cfg, ("data", "foundation", "encoding"))
@@ -246,17 +246,21 @@ def run_pretrain_stage(cfg, force=False, progress=True, foundation=None, stop_af
                 if s in store.subjects:
                     _evaluate(fm, pipe, store, s, cfg, "pretrain_only", w, saved)
             np.savez_compressed(w.path / "reconstructions.npz", **saved)
-            (w.path / "sampling.json").write_text(json.dumps(dict(dataclasses.asdict(sample_settings(cfg)),
-                                                                  n_eval=cfg.n_eval, shuffle_seed=cfg.shuffle_seed)))
+            (w.path / "sampling.json").write_text(json.dumps(_sampling_record(cfg)))
         if not cfg.keep_checkpoints:
             shutil.rmtree(ckpt, ignore_errors=True)
     acc.wait_for_everyone()
     return folder
 
 
+def _sampling_record(cfg):
+    """What the pretrain stage's ``sampling.json`` records of how its evaluation images were sampled."""
+    return dict(dataclasses.asdict(sample_settings(cfg)), n_eval=cfg.n_eval, shuffle_seed=cfg.shuffle_seed)
+
+
 def _same_sampling(folder, cfg):
     path = folder / "sampling.json"
-    want = dict(dataclasses.asdict(sample_settings(cfg)), n_eval=cfg.n_eval, shuffle_seed=cfg.shuffle_seed)
+    want = _sampling_record(cfg)
     want.pop("batch_size")
     if not path.is_file():
         return False
@@ -274,10 +278,7 @@ def run_refine_stage(cfg, force=False, progress=True, foundation=None, stop_afte
     folder = paths.stage_dir(cfg.STAGE, cfg.profile)
     if not force and is_complete(cfg.STAGE, cfg.profile, cfg.digest()):
         return folder
-    _check(cfg)
-    acc = make_accelerator(cfg.mixed_precision)
-    fm = foundation or load_stage_foundation(cfg.profile)
-    store = open_store(store_path(cfg.profile))
+    acc, fm, store = _setup(cfg, foundation)
     pre = require_stage("pretrain", cfg.profile)
     ckpt = Path(ckpt_dir) if ckpt_dir else stage_checkpoint_dir(cfg, ("data", "foundation", "encoding", "pretrain"))
     data = _pairs(fm, store, [cfg.subject], cfg.repetitions, ckpt / "cache", acc, captions=True)

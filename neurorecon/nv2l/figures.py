@@ -55,35 +55,31 @@ def plot_captions(store, captions, n=6, columns=("reference", "brain_llava", "nn
     return fig
 
 
-def plot_caption_metrics(table, metrics=("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")):
-    """Grouped bars: caption metrics (rows of ``table``: methods; columns: metrics)."""
-    metrics = [m for m in metrics if m in table.columns and np.isfinite(table[m]).any()]
-    fig, ax = plt.subplots(figsize=(1.6 * len(metrics) + 2, 3.2))
+def _grouped_bars(table, columns, ylabel, group_width, ylim=None):
+    """One group of bars per column of ``table`` (in ``columns``), one bar per row (method) in each group."""
+    fig, ax = plt.subplots(figsize=(group_width * len(columns) + 2, 3.2))
     width = 0.8 / len(table)
     for k, (method, r) in enumerate(table.iterrows()):
-        ax.bar(np.arange(len(metrics)) + k * width, [r[m] for m in metrics], width, label=method)
-    ax.set_xticks(np.arange(len(metrics)) + 0.4 - width / 2)
-    ax.set_xticklabels(metrics)
-    ax.set_ylabel("score (test images)")
+        ax.bar(np.arange(len(columns)) + k * width, [r[c] for c in columns], width, label=method)
+    ax.set_xticks(np.arange(len(columns)) + 0.4 - width / 2)
+    ax.set_xticklabels(columns)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def plot_caption_metrics(table, metrics=("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")):
+    """Grouped bars: caption metrics (rows of ``table``: methods; columns: metrics)."""
+    metrics = [m for m in metrics if m in table.columns and np.isfinite(table[m]).any()]
+    return _grouped_bars(table, metrics, "score (test images)", 1.6)
 
 
 def plot_qa(table):
     """Grouped bars: QA accuracy per question type (rows: methods incl. chance; columns: types)."""
-    types = list(table.columns)
-    fig, ax = plt.subplots(figsize=(1.5 * len(types) + 2, 3.2))
-    width = 0.8 / len(table)
-    for k, (method, r) in enumerate(table.iterrows()):
-        ax.bar(np.arange(len(types)) + k * width, [r[t] for t in types], width, label=method)
-    ax.set_xticks(np.arange(len(types)) + 0.4 - width / 2)
-    ax.set_xticklabels(types)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("accuracy")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _grouped_bars(table, list(table.columns), "accuracy", 1.5, ylim=(0, 1))
 
 
 def plot_concept_maps(image, maps, concepts, grid_shape, union_ijk, n_slices=4):

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SUITES = ["bench_prep", "bench_eval"]
+SUITES = ["bench_prep", "bench_loading", "bench_train", "bench_sampling", "bench_eval"]
 
 
 def machine():

@@ -16,7 +16,7 @@ import torch
 from ..metrics import retrieval_top1, two_way_identification
 from .interface import to_float_images
 
-__all__ = ["clip_retrieval", "vae_quality", "psnr", "ssim", "generate_from_captions", "two_way_clip",
+__all__ = ["clip_retrieval", "vae_quality", "psnr", "ssim", "generate_from_captions", "two_way_clip", "two_way_clip_text",
            "lm_perplexity", "unigram_perplexity", "lm_samples", "to_uint8"]
 
 
@@ -65,6 +65,12 @@ def generate_from_captions(fm, captions, sampler="dpm++", steps=20, guidance=3.0
 def two_way_clip(fm, gt_images, generated):
     """Two-way identification of generations against ground truths with the foundation's CLIP image embeddings."""
     return two_way_identification(fm.image_embeds(gt_images), fm.image_embeds(generated))
+
+
+def two_way_clip_text(fm, prompts, generated):
+    """Two-way identification of generations against their prompts: the CLIP image embedding of each generation
+    must correlate more with its own prompt's CLIP text embedding than with another prompt's."""
+    return two_way_identification(fm.text_embeds(prompts), fm.image_embeds(generated))
 
 
 def _token_batches(tokenizer, texts, seq_len):

@@ -132,13 +132,15 @@ def _evaluate(cfg, fm, store, folder, w, train_texts, log):
     w.add_metric("vae", "all", "test", "two_way_clip", E.two_way_clip(fm, gt, rec))
     log(f"vae: PSNR {p:.2f} dB, SSIM {s:.3f} at {fm.image_size} px")
     out = dict(ids=ids, gt=gt, vae=E.to_uint8(rec))
+    w.add_metric("ground_truth", "all", "test", "two_way_clip_text", E.two_way_clip_text(fm, caps, gt))
     for sampler in ("dpm++", "ddim"):
         gen = E.generate_from_captions(fm, caps, sampler, cfg.sample_steps, cfg.guidance_scale, cfg.seed)
-        score = E.two_way_clip(fm, gt, gen)
+        score, text = E.two_way_clip(fm, gt, gen), E.two_way_clip_text(fm, caps, gen)
         w.add_metric(f"t2i_{sampler}", "all", "test", "two_way_clip", score)
+        w.add_metric(f"t2i_{sampler}", "all", "test", "two_way_clip_text", text)
         out[f"t2i_{sampler}"] = E.to_uint8(gen)
         log(f"text-to-image ({sampler}, {cfg.sample_steps} steps, CFG {cfg.guidance_scale}): two-way "
-            f"identification {score:.1%}")
+            f"identification against the prompts {text:.1%}, against the prompts' images {score:.1%}")
     gen = E.generate_from_captions(fm, caps, cfg.sampler, cfg.sample_steps, cfg.guidance_scale, cfg.seed,
                                    image_embeds=fm.image_embeds(gt, normalize=False))
     score = E.two_way_clip(fm, gt, gen)

@@ -13,28 +13,16 @@ from neurorecon.config import load_config
 from neurorecon.errors import MissingStageError
 from neurorecon.evaluation import load_reconstructions
 from neurorecon.evaluation.figures import PUBLISHED, FiguresConfig, run_figures_stage
-from neurorecon.evaluation.stage import (ReconstructionConfig, derangement, load_results, run_reconstruction_stage,
-                                         eval_inputs)
+from neurorecon.errors import ConfigError
+from neurorecon.evaluation.stage import (ReconstructionConfig, derangement, eval_inputs, load_results,
+                                         run_reconstruction_stage, sweep_settings)
 from neurorecon.foundation import tiny_random_foundation
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    import os
-
-    from neurorecon.data.stage import DataConfig, run_data_stage
-
-    home = tmp_path_factory.mktemp("eval_home")
-    old = os.environ.get("NEURORECON_HOME")
-    os.environ["NEURORECON_HOME"] = str(home)
-    try:
-        run_data_stage(load_config(DataConfig, "smoke"), progress=False)
-    finally:
-        if old is None:
-            os.environ.pop("NEURORECON_HOME", None)
-        else:
-            os.environ["NEURORECON_HOME"] = old
-    return home
+def home(new_smoke_home):
+    """This module's own smoke store: its stages are written into it."""
+    return new_smoke_home("eval_home")
 
 
 @pytest.fixture(autouse=True)
@@ -91,6 +79,7 @@ def test_ridge_stage_then_figures(tmp_path, monkeypatch):
     rec = load_reconstructions(folder / "reconstructions" / "ridge_subj02_averaged.npz")
     assert rec["images"].shape == (4, 32, 32, 3) and rec["method"] == label and rec["subject"] == 2
     assert set(res["sweeps"].setting) == {0.5, 1.0} and set(res["sweeps"].parameter) == {"strength"}
+    assert (res["sweeps"][res["sweeps"].metric == "seconds"].value > 0).all()
     m = read_metrics(folder)
     assert {"test-averaged", "test-single-trial", "sweep-strength=0.5", "sweep-strength=1"} <= set(m.split)
     # complete with the same config: reused, not rerun
@@ -99,10 +88,63 @@ def test_ridge_stage_then_figures(tmp_path, monkeypatch):
 
     figs = run_figures_stage(load_config(FiguresConfig, "smoke"), log=lambda m: None)
     written = json.loads((figs / "figures.json").read_text())
-    assert {"reconstructions_subj02", "shuffled_control", "metrics", "sweeps", "sweep_ridge"} <= set(written)
-    assert all((tmp_path / "figs" / "smoke" / f"08_{k}.png").is_file() for k in written)
+    assert {"reconstructions_subj02", "shuffled_control", "metrics", "subjects", "sweeps",
+            "sweep_ridge_strength"} <= set(written)
+    assert all((tmp_path / "figs" / "smoke" / f"08_{k}.{ext}").is_file() for k in written for ext in ("png", "pdf"))
+    assert "\\begin{tabular}" in (figs / "paper_table.tex").read_text()
     table = pd.read_csv(figs / "paper_table.csv", index_col=0)
     assert table.loc[f"{label} (ours)", "PixCorr"] == pytest.approx(
         t[(t.method == label) & (t.variant == "averaged") & (t.metric == "PixCorr")].value.iloc[0])
     assert table.loc["NeuroPictor (published, real NSD)", "Alex(2)"] == 96.5 and len(table) == 2 + len(PUBLISHED)
     assert "| Ridge (Takagi & Nishimoto) (ours) |" in (figs / "paper_table.md").read_text()
+
+
+def test_sweep_settings_per_method():
+    cfg = load_config(ReconstructionConfig, "smoke", overrides=dict(
+        betas=[0.6, 1.0], samplers=["ddim:50", "dpm++:20"], guidance_scales=[1.0], control_scales=[0.5]))
+    nv2l = sweep_settings(cfg, "nv2l")
+    assert nv2l == [("beta", 0.6, {"beta": 0.6}), ("beta", 1.0, {"beta": 1.0}),
+                    ("ddim steps", 50.0, {"scheduler": "ddim", "steps": 50}),
+                    ("dpm++ steps", 20.0, {"scheduler": "dpm++", "steps": 20})]
+    assert [p for p, _, _ in sweep_settings(cfg, "neuropictor")] == ["control_scale", "guidance_scale",
+                                                                      "ddim steps", "dpm++ steps"]
+    assert sweep_settings(cfg, "neuropictor_pretrain") == []
+    bad = load_config(ReconstructionConfig, "smoke", overrides=dict(samplers=["euler:20"]))
+    with pytest.raises(ConfigError, match="euler:20"):
+        sweep_settings(bad, "nv2l")
+
+
+def test_ordering_checks():
+    from neurorecon.evaluation.report import ordering_checks
+
+    rows = []
+    for method, clip, pix in (("NeuroPictor", .8, .3), ("NeuroPictor (multi-subject only)", .7, .35),
+                              ("NeuroPictor (multi-subject only) (shuffled fMRI)", .5, .1),
+                              ("NV2L", .75, .2), ("Ridge (Takagi & Nishimoto)", .77, .3)):
+        rows += [dict(method=method, subject="1", variant="averaged", metric="demo-CLIP", value=clip),
+                 dict(method=method, subject="1", variant="averaged", metric="PixCorr", value=pix)]
+    sweeps = pd.DataFrame([dict(method="NV2L", subject="1", parameter="beta", setting=b, metric="PixCorr", value=v)
+                           for b, v in ((0.6, .25), (0.93, .2), (1.0, .1))])
+    c = ordering_checks(pd.DataFrame(rows), sweeps).set_index(["claim", "metric"]).holds
+    assert c["refined > multi-subject only", "demo-CLIP"] and not c["refined > multi-subject only", "PixCorr"]
+    assert c["multi-subject only > shuffled", "PixCorr"]
+    assert c["NeuroPictor > ridge", "demo-CLIP"] and not c["NV2L > ridge", "demo-CLIP"]
+    assert c["NV2L: beta = 1 (no VAE path) lowers PixCorr", "PixCorr"]
+
+
+def test_beta_start_latent():
+    """NV2L's start (1 - beta) * latent + beta * noise: beta = 1 is the plain sampler, beta = 0 starts at the
+    latent itself, and beta outside [0, 1] is refused."""
+    fm = tiny_random_foundation(image_size=16, with_lm=False)
+    ctx = fm.text_tokens(["a red ball", "a blue car", "night"])
+    init = torch.randn(3, fm.latent_channels, fm.latent_size, fm.latent_size)
+    kw = dict(num_steps=3, guidance_scale=2.0, seed=5, decode=False)
+    plain = fm.sample(ctx, **kw)
+    torch.testing.assert_close(fm.sample(ctx, init_latents=init, beta=1.0, **kw), plain)
+    assert not torch.allclose(fm.sample(ctx, init_latents=init, beta=0.5, **kw), plain)
+    seen = []
+    fm.sample(ctx, init_latents=init, beta=0.0, eps_fn=lambda x, t, c, cls: seen.append(x[:3].clone()) or
+              torch.zeros_like(x), **kw)
+    torch.testing.assert_close(seen[0], init)
+    with pytest.raises(ValueError, match="beta"):
+        fm.sample(ctx, init_latents=init, beta=1.5, **kw)

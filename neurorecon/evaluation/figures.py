@@ -4,21 +4,25 @@
   Fig. 4 style);
 - :func:`plot_metric_bars`: each image metric per method, averaged vs single-trial fMRI vs the shuffled-fMRI
   control, with chance;
-- :func:`plot_sweeps` and :func:`plot_sweep_images`: metrics and images against NeuroPictor's control scale and
-  the img2img strength of NV2L and the ridge baseline;
+- :func:`plot_subject_bars`: one metric per subject and method (seaborn);
+- :func:`plot_sweeps` and :func:`plot_sweep_images`: metrics and images against each swept parameter
+  (NeuroPictor's control and guidance scales, NV2L's β, the ridge baseline's img2img strength);
+  :func:`sampler_table`: DDIM 50 vs DPM-Solver++ 20 steps, metrics and seconds;
 - :func:`plot_retrieval`, :func:`plot_captions`: NV2L's retrieval and caption scores against controls;
 - :func:`paper_table`: our numbers in the layout of the papers' main table, beside the published ones
   (:data:`PUBLISHED`, real NSD; ours are on whatever data the profile uses — NSD-mini in demo/smoke — so the two
   are not comparable number for number).
 
-Artifacts (``artifacts/<profile>/figures/``): ``paper_table.csv``, ``paper_table.md``, ``figures.json`` (the
-figure files written); metrics: the number of figures.
+Every figure is written as PNG and PDF. Artifacts (``artifacts/<profile>/figures/``): ``paper_table.csv``,
+``paper_table.md``, ``paper_table.tex``, ``sampler_table.csv``, ``figures.json`` (the figure files written);
+metrics: the number of figures.
 """
 
 import dataclasses
 import hashlib
 import json
 import re
+from pathlib import Path
 from typing import Optional
 
 import matplotlib.pyplot as plt
@@ -34,7 +38,7 @@ from .table import LOWER_IS_BETTER
 
 __all__ = ["FiguresConfig", "PUBLISHED", "PAPER_COLUMNS", "IMAGE_METRICS", "CAPTION_METRICS_SHOWN",
            "run_figures_stage", "paper_table", "plot_reconstructions", "plot_metric_bars", "plot_sweeps",
-           "plot_sweep_images", "plot_retrieval", "plot_captions", "savefig"]
+           "plot_sweep_images", "plot_subject_bars", "sampler_table", "latex_table", "plot_retrieval", "plot_captions", "savefig"]
 
 #: The papers' main-table columns (our metric names → the papers' headers).
 PAPER_COLUMNS = {"PixCorr": "PixCorr", "SSIM": "SSIM", "AlexNet(2)": "Alex(2)", "AlexNet(5)": "Alex(5)",
@@ -73,9 +77,12 @@ class FiguresConfig(StageConfig):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def savefig(fig, path, dpi=120):
-    """Save a figure as PNG, close it, return the path."""
+def savefig(fig, path, dpi=120, pdf=True):
+    """Save a figure as PNG (and a PDF beside it), close it, return the PNG's path."""
+    path = Path(path)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    if pdf:
+        fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -143,29 +150,75 @@ def plot_metric_bars(results, subject=None):
     return fig
 
 
-def plot_sweeps(sweeps, subject=None):
-    """Metric against the swept parameter, one line per method (NeuroPictor: control scale; img2img methods:
-    strength)."""
+def _method_color(method):
+    labels = list(METHOD_LABELS.values())
+    return f"C{labels.index(method)}" if method in labels else "0.5"
+
+
+def _numeric_sweeps(df):
+    return df[~df.parameter.str.endswith(" steps")]
+
+
+def plot_sweeps(sweeps, subject=None, metrics=("PixCorr", "SSIM", "demo-CLIP", "CLIP", "AlexNet(2)", "Inception")):
+    """Metrics (columns) against each swept parameter (rows), one line per method; sampler comparisons (parameter
+    ``"<sampler> steps"``) are left to :func:`sampler_table`."""
     df = sweeps if subject is None else sweeps[sweeps.subject == str(subject)]
-    df = df[df.value.notna() & df.metric.isin(IMAGE_METRICS)]
-    metrics = [m for m in IMAGE_METRICS if m in set(df.metric)]
-    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(0.5 + 3.2 * len(metrics), 3.0), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        for (method, param), g in df[df.metric == metric].groupby(["method", "parameter"], sort=False):
-            g = g.sort_values("setting")
-            ax.plot(g.setting, g.value, marker="o", label=f"{method} ({param})")
-        if metric in _CHANCE:
-            ax.axhline(_CHANCE[metric], ls="--", color="k", lw=0.8)
-        ax.set_xlabel("setting")
-        ax.set_title(metric, fontsize=9)
-    axes[0][-1].legend(fontsize=6, loc="best")
+    df = _numeric_sweeps(df[df.value.notna()])
+    metrics = [m for m in metrics if m in set(df.metric)]
+    params = list(dict.fromkeys(df.parameter))
+    fig, axes = plt.subplots(max(1, len(params)), max(1, len(metrics)),
+                             figsize=(0.5 + 2.8 * len(metrics), 0.4 + 2.4 * len(params)), squeeze=False)
+    for r, param in enumerate(params):
+        for c, metric in enumerate(metrics):
+            ax = axes[r][c]
+            for method, g in df[(df.parameter == param) & (df.metric == metric)].groupby("method", sort=False):
+                g = g.sort_values("setting")
+                ax.plot(g.setting, g.value, marker="o", label=method, color=_method_color(method))
+            if metric in _CHANCE:
+                ax.axhline(_CHANCE[metric], ls="--", color="k", lw=0.8)
+            ax.set_xlabel(param.replace("_", " "), fontsize=8)
+            if r == 0:
+                ax.set_title(metric, fontsize=9)
+            if c == len(metrics) - 1:
+                ax.legend(fontsize=6, loc="best")
     fig.tight_layout()
+    return fig
+
+
+def sampler_table(sweeps, subject=None):
+    """DDIM vs DPM-Solver++ rows of the sweeps: (method, sampler, steps) × metric, with ``seconds``."""
+    df = sweeps if subject is None else sweeps[sweeps.subject == str(subject)]
+    df = df[df.parameter.str.endswith(" steps")].copy()
+    if df.empty:
+        return pd.DataFrame()
+    df["sampler"] = df.parameter.str.replace(" steps", "", regex=False)
+    df["steps"] = df.setting.astype(int)
+    return df.pivot_table(index=["method", "sampler", "steps"], columns="metric", values="value", sort=False)
+
+
+def plot_subject_bars(results, metric="demo-CLIP", variant="averaged"):
+    """One metric per evaluation subject and method (seaborn bars; shuffled controls included)."""
+    import seaborn as sns
+
+    df = results[(results.metric == metric) & (results.variant == variant) & results.value.notna()
+                 & results.subject.str.isdigit()].copy()
+    df["subject"] = "subj" + df.subject.str.zfill(2)
+    order = _methods(results[results.metric == "PixCorr"]) if (results.metric == "PixCorr").any() else None
+    fig, ax = plt.subplots(figsize=(3.0 + 1.1 * max(1, df.subject.nunique()), 3.2))
+    sns.barplot(df, x="subject", y="value", hue="method", hue_order=[m for m in (order or []) if m in set(df.method)]
+                or None, ax=ax, palette="tab10")
+    if metric in _CHANCE:
+        ax.axhline(_CHANCE[metric], ls="--", color="k", lw=0.8)
+    ax.set_ylabel(metric)
+    ax.set_xlabel("")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
     return fig
 
 
 def plot_sweep_images(gt, images_by_setting, parameter, col_width=1.4):
     """Ground truth and reconstructions per setting of one method's sweep (rows)."""
-    rows = {f"{parameter} = {k:g}": v for k, v in sorted(images_by_setting.items())}
+    rows = {f"{parameter.replace('_', ' ')} = {k:g}": v for k, v in sorted(images_by_setting.items())}
     return plot_reconstructions(gt, rows, col_width=col_width)
 
 
@@ -243,6 +296,22 @@ def paper_table(results, variant="averaged", subjects=None):
     return out
 
 
+def latex_table(table, caption=r"Image reconstruction metrics (two-way identification in \%)."):
+    """The paper table as a LaTeX ``table`` (booktabs; – where a metric is unavailable)."""
+    def cell(v):
+        return "--" if not np.isfinite(v) else (f"{v:.1f}" if abs(v) >= 2 else f"{v:.3f}")
+
+    cols = list(table.columns)
+    esc = str.maketrans({"&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#"})
+    lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "r" * len(cols) + "}", r"\toprule",
+             "Method & " + " & ".join(c.replace("↓", r"$\downarrow$").translate(esc) for c in cols) + r" \\",
+             r"\midrule"]
+    for name, row in table.iterrows():
+        lines.append(str(name).translate(esc) + " & " + " & ".join(cell(v) for v in row.values) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
 def _markdown(table):
     cols = list(table.columns)
     lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
@@ -290,16 +359,24 @@ def run_figures_stage(cfg, force=False, log=print):
         if shuffled:
             save(plot_reconstructions(store.get_images(ids), shuffled, titles=ids), "shuffled_control")
     save(plot_metric_bars(results, subject), "metrics")
+    metric = "CLIP" if (results.metric == "CLIP").any() else "demo-CLIP"
+    if (results.metric == metric).any():
+        save(plot_subject_bars(results, metric, cfg.variant), "subjects")
+    samplers = pd.DataFrame()
     if len(sweeps):
         save(plot_sweeps(sweeps, subject), "sweeps")
+        samplers = sampler_table(sweeps, subject)
+        sweep_subject = sweeps.subject.iloc[0]
         for k in keys:
-            files = sorted((src / "reconstructions" / "sweeps").glob(f"{k}_subj{int(subject):02d}_*.npz"))
-            if files:
-                recs = [load_reconstructions(f) for f in files]
-                param = recs[0]["variant"].split("=")[0]
-                by = {float(r["variant"].split("=")[1]): r["images"][:cfg.n_show] for r in recs}
-                save(plot_sweep_images(store.get_images(recs[0]["image_ids"][:cfg.n_show]), by, param),
-                     f"sweep_{k}")
+            files = sorted((src / "reconstructions" / "sweeps").glob(f"{k}_subj{int(sweep_subject):02d}_*.npz"))
+            by_param = {}
+            for f in files:
+                rec = load_reconstructions(f)
+                param, value = rec["variant"].split("=")
+                if not param.endswith(" steps"):
+                    by_param.setdefault(param, (rec["image_ids"], {}))[1][float(value)] = rec["images"][:cfg.n_show]
+            for param, (ids_, by) in by_param.items():
+                save(plot_sweep_images(store.get_images(ids_[:cfg.n_show]), by, param), f"sweep_{k}_{param}")
     if results.metric.str.startswith("Retrieval").any():
         save(plot_retrieval(results), "retrieval")
     if results.metric.isin(CAPTION_METRICS_SHOWN).any():
@@ -308,6 +385,8 @@ def run_figures_stage(cfg, force=False, log=print):
     with StageWriter(cfg) as w:
         table.to_csv(w.path / "paper_table.csv")
         (w.path / "paper_table.md").write_text(_markdown(table))
+        (w.path / "paper_table.tex").write_text(latex_table(table))
+        samplers.to_csv(w.path / "sampler_table.csv")
         (w.path / "figures.json").write_text(json.dumps(written, indent=1))
         w.add_metric("figures", "all", "all", "n_figures", len(written))
     log(f"{len(written)} figures in {fig_dir}")

@@ -2,9 +2,13 @@
 
 import pandas as pd
 
-from .figures import CAPTION_METRICS_SHOWN, IMAGE_METRICS, _methods
 
-__all__ = ["image_table", "retrieval_table", "caption_table", "sweep_table", "control_gap"]
+from .figures import CAPTION_METRICS_SHOWN, IMAGE_METRICS, _methods, sampler_table
+from .stage import METHOD_LABELS, SHUFFLED
+from .table import LOWER_IS_BETTER
+
+__all__ = ["image_table", "retrieval_table", "caption_table", "sweep_table", "sampler_table", "control_gap",
+           "ordering_checks"]
 
 
 def image_table(results, variant="averaged", subject=None):
@@ -32,8 +36,8 @@ def caption_table(results, subject=None):
 
 
 def sweep_table(sweeps, metric):
-    """One metric of the sweeps: (method, parameter) × setting."""
-    df = sweeps[sweeps.metric == metric]
+    """One metric of the sweeps: (method, parameter) × setting (sampler comparisons: :func:`sampler_table`)."""
+    df = sweeps[(sweeps.metric == metric) & ~sweeps.parameter.str.endswith(" steps")]
     return df.pivot_table(index=["method", "parameter"], columns="setting", values="value", sort=False)
 
 
@@ -47,3 +51,44 @@ def control_gap(results, metric, variant="averaged"):
                         "shuffled": [table[metric].get(m + " (shuffled fMRI)") for m in real]}, index=real)
     out["gap"] = out.real - out.shuffled
     return out
+
+
+def _better(metric, a, b):
+    return bool(a < b) if metric in LOWER_IS_BETTER else bool(a > b)
+
+
+def ordering_checks(results, sweeps=None, variant="averaged"):
+    """The papers' orderings on this profile's numbers, one row per (claim, metric, subject): the two values
+    compared and whether the claim holds.
+
+    Claims: refined NeuroPictor > multi-subject-only > its shuffled control (every image metric); NeuroPictor and
+    NV2L > the ridge baseline on two-way identification (the CLIP-space one); removing NV2L's VAE path (β = 1)
+    lowers PixCorr against the configured β.
+    """
+    rows = []
+    df = results[(results.variant == variant) & results.metric.isin(IMAGE_METRICS) & results.value.notna()]
+    np_, pre, nv, ridge = (METHOD_LABELS[k] for k in ("neuropictor", "neuropictor_pretrain", "nv2l", "ridge"))
+    for subject, g in df.groupby("subject", sort=False):
+        v = g.set_index(["method", "metric"]).value
+        for metric in [m for m in IMAGE_METRICS if m in set(g.metric)]:
+            for claim, a, b in (("refined > multi-subject only", np_, pre),
+                                ("multi-subject only > shuffled", pre, pre + SHUFFLED),
+                                ("refined > shuffled", np_, np_ + SHUFFLED)):
+                if (a, metric) in v and (b, metric) in v:
+                    rows.append(dict(claim=claim, metric=metric, subject=subject, a=v[a, metric], b=v[b, metric],
+                                     holds=_better(metric, v[a, metric], v[b, metric])))
+        key = "CLIP" if "CLIP" in set(g.metric) else "demo-CLIP"
+        for m in (np_, nv):
+            if (m, key) in v and (ridge, key) in v:
+                rows.append(dict(claim=f"{m} > ridge", metric=key, subject=subject, a=v[m, key], b=v[ridge, key],
+                                 holds=_better(key, v[m, key], v[ridge, key])))
+    if sweeps is not None and len(sweeps):
+        s = sweeps[(sweeps.method == nv) & (sweeps.parameter == "beta") & (sweeps.metric == "PixCorr")]
+        s = s.set_index("setting").value
+        if 1.0 in s.index and len(s) > 1:
+            best = s.drop(1.0).max()
+            rows.append(dict(claim="NV2L: beta = 1 (no VAE path) lowers PixCorr", metric="PixCorr",
+                             subject=sweeps.subject.iloc[0], a=s[1.0], b=best, holds=bool(s[1.0] < best)))
+    out = pd.DataFrame(rows, columns=["claim", "metric", "subject", "a", "b", "holds"])
+    out["a"], out["b"] = out.a.astype(float), out.b.astype(float)
+    return out.assign(holds=out.holds.astype(bool)) if len(out) else out

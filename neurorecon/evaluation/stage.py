@@ -5,13 +5,18 @@ For each subject and method: reconstructions from the repetition-averaged test f
 first repetition of each test image alone (``single-trial``); the shuffled-fMRI control (a derangement of the
 averaged test inputs, same sampling noise) scored against the unshuffled ground truth, which must fall to chance;
 reconstructions are rounded to uint8 before scoring, so the saved files re-score to the same numbers;
-parameter sweeps on the first ``sweep_n`` images (NeuroPictor's control scale, NV2L's and the ridge baseline's
-img2img strength); NV2L's captions (notebook 06) with pycocoevalcap and CLIP-S.
+parameter sweeps on the first ``sweep_n`` images (:data:`SWEEPS`: NeuroPictor's control and guidance scales,
+NV2L's β, the ridge baseline's img2img strength, and DDIM 50 vs DPM-Solver++ 20 steps for NeuroPictor and NV2L,
+with their sampling times); NV2L's captions (notebook 06) with pycocoevalcap and CLIP-S.
 
-NV2L reconstructs as the paper does: the ViT3D's predicted CLIP image embedding conditions the unCLIP UNet, its
-predicted VAE latent is the img2img start, and the text context is the brain LLaVA's answer to the
-reconstruction instruction ("Provide the corresponding Stable Diffusion prompts for the image.") from the same
-fMRI (``nv2l_prompt: false``: the empty prompt).
+NV2L reconstructs as the paper does: the ViT3D's predicted CLIP image embedding conditions the unCLIP UNet, the
+sampler starts from ``(1 - β) · predicted VAE latent + β · noise`` (β = 0.93; β = 1 ignores the VAE path) and
+denoises over every step, and the text context is the brain LLaVA's answer to the reconstruction instruction
+("Provide the corresponding Stable Diffusion prompts for the image.") from the same fMRI (``nv2l_prompt: false``:
+the empty prompt).
+
+NeuroPictor is refined on one subject (the refine stage's); the other evaluation subjects get every other method
+(the multi-subject NeuroPictor model covers them all).
 
 Artifacts (``$NEURORECON_HOME/artifacts/<profile>/reconstruction/``)::
 
@@ -39,6 +44,7 @@ from .. import paths
 from ..artifacts import StageWriter, is_complete, require_stage
 from ..config import StageConfig, load_config
 from ..errors import ConfigError
+from ..metrics import derangement
 from .config import EvaluationConfig
 from .images import protocol_settings, to_uint8
 from .io import save_reconstructions
@@ -46,7 +52,7 @@ from .networks import load_metric_networks
 from .table import evaluate_captions, evaluate_reconstructions, write_metrics
 
 __all__ = ["ReconstructionConfig", "METHOD_LABELS", "run_reconstruction_stage", "eval_inputs", "derangement",
-           "load_results"]
+           "load_results", "SWEEPS", "sweep_settings"]
 
 #: Method key → the name used in tables and figures.
 METHOD_LABELS = {"neuropictor": "NeuroPictor", "neuropictor_pretrain": "NeuroPictor (multi-subject only)",
@@ -54,6 +60,12 @@ METHOD_LABELS = {"neuropictor": "NeuroPictor", "neuropictor_pretrain": "NeuroPic
 _INPUTS = {"neuropictor": "flat", "neuropictor_pretrain": "flat", "nv2l": "common", "ridge": "betas"}
 _NEEDS = {"neuropictor": "refine", "neuropictor_pretrain": "pretrain", "nv2l": "language", "ridge": None}
 SHUFFLED = " (shuffled fMRI)"
+#: Method key → the parameters swept on it (config lists: control_scales, guidance_scales, betas, strengths,
+#: samplers). A sampler setting "ddim:50" is recorded as parameter "ddim steps", setting 50, with its seconds.
+SWEEPS = {"neuropictor": ("control_scale", "guidance_scale", "sampler"), "nv2l": ("beta", "sampler"),
+          "ridge": ("strength",)}
+_SWEEP_LISTS = {"control_scale": "control_scales", "guidance_scale": "guidance_scales", "beta": "betas",
+                "strength": "strengths", "sampler": "samplers"}
 
 
 @dataclasses.dataclass
@@ -77,7 +89,7 @@ class ReconstructionConfig(StageConfig):
     num_inference_steps: int = 20
     guidance_scale: float = 3.0
     control_scale: float = 1.0
-    nv2l_strength: float = 0.8
+    nv2l_beta: float = 0.93
     nv2l_noise_level: int = 0
     nv2l_prompt: bool = True
     nv2l_prompt_tokens: int = 48
@@ -85,7 +97,10 @@ class ReconstructionConfig(StageConfig):
     ridge_average: bool = True
     sweep_n: int = 24
     control_scales: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.5, 1.0])
+    guidance_scales: list[float] = dataclasses.field(default_factory=lambda: [1.0, 3.0, 5.0])
+    betas: list[float] = dataclasses.field(default_factory=lambda: [0.6, 0.75, 0.9, 0.93, 0.98, 1.0])
     strengths: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.8, 1.0])
+    samplers: list[str] = dataclasses.field(default_factory=lambda: ["ddim:50", "dpm++:20"])
     captions: bool = True
     evaluation_file: Optional[str] = None
     num_threads: Optional[int] = None
@@ -97,16 +112,6 @@ class ReconstructionConfig(StageConfig):
     def digest(self):
         blob = json.dumps([self.to_dict(), self.evaluation().to_dict()], sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def derangement(n, seed):
-    """A permutation of range(n) without fixed points (each input goes to another image's slot)."""
-    if n < 2:
-        raise ValueError("the shuffled control needs at least 2 test images")
-    p = np.random.default_rng(seed).permutation(n)
-    out = np.empty(n, dtype=np.int64)
-    out[p] = p[(np.arange(n) + 1) % n]
-    return out
 
 
 def eval_inputs(sub, kind, variant, n):
@@ -139,12 +144,10 @@ class _Method:
         self.kind = _INPUTS[key]
         self.brain_embeds = None
         if key in ("neuropictor", "neuropictor_pretrain"):
-            from ..neuropictor import SampleSettings, load_pipeline
+            from ..neuropictor import load_pipeline
 
             stage = require_stage(_NEEDS[key], cfg.profile)
             self.pipe = load_pipeline(fm, stage / ("refined_mask" if key == "neuropictor" else "model"), "ddim")
-            self.settings = SampleSettings(cfg.num_inference_steps, cfg.guidance_scale, cfg.control_scale, "ddim",
-                                           cfg.seed, cfg.batch_size)
         elif key == "nv2l":
             from ..nv2l import BrainLlava, ViT3D
 
@@ -162,22 +165,22 @@ class _Method:
         else:
             raise ConfigError(f"reconstruction config: unknown method {key!r}; expected {', '.join(METHOD_LABELS)}")
 
-    @property
-    def sweep_parameter(self):
-        """``control_scale`` (NeuroPictor) or ``strength`` (img2img methods)."""
-        return "control_scale" if self.key.startswith("neuropictor") else "strength"
-
     @torch.no_grad()
-    def __call__(self, x, setting=None):
+    def __call__(self, x, control_scale=None, guidance_scale=None, beta=None, strength=None, scheduler="ddim",
+                 steps=None):
+        """Reconstructions of inputs ``x`` with the config's settings, or the ones given (sweeps)."""
         cfg, fm = self.cfg, self.fm
+        steps = int(steps or cfg.num_inference_steps)
+        guidance = float(cfg.guidance_scale if guidance_scale is None else guidance_scale)
         if self.key.startswith("neuropictor"):
-            from ..neuropictor import reconstruct
+            from ..neuropictor import SampleSettings, reconstruct
 
-            return reconstruct(self.pipe, x, self.settings, control_scale=setting)
+            scale = cfg.control_scale if control_scale is None else control_scale
+            settings = SampleSettings(steps, guidance, float(scale), scheduler, cfg.seed, cfg.batch_size)
+            return reconstruct(self.pipe, x, settings)
         if self.key == "nv2l":
             pred = self.encoder.predict(x)
             self.brain_embeds = pred["clip"].numpy()
-            strength = cfg.nv2l_strength if setting is None else setting
             if self.llava is not None:  # the brain LLaVA's answer to the reconstruction instruction
                 from ..nv2l.instructions import RECONSTRUCTION_PROMPT
 
@@ -186,20 +189,30 @@ class _Method:
             else:
                 context = fm.empty_tokens(len(x))
             return fm.sample(context, image_embeds=pred["clip"], noise_level=cfg.nv2l_noise_level,
-                              init_latents=pred["latent"], strength=float(strength), num_steps=cfg.num_inference_steps,
-                              guidance_scale=cfg.guidance_scale, scheduler="ddim", seed=cfg.seed,
-                              batch_size=cfg.batch_size).cpu()
-        strength = cfg.ridge_strength if setting is None else setting
-        return self.ridge.reconstruct(fm, x, strength=strength, num_steps=cfg.num_inference_steps,
-                                      guidance_scale=cfg.guidance_scale, seed=cfg.seed, batch_size=cfg.batch_size)
+                             init_latents=pred["latent"], beta=float(cfg.nv2l_beta if beta is None else beta),
+                             num_steps=steps, guidance_scale=guidance, scheduler=scheduler, seed=cfg.seed,
+                             batch_size=cfg.batch_size).cpu()
+        strength = cfg.ridge_strength if strength is None else strength
+        return self.ridge.reconstruct(fm, x, strength=strength, num_steps=steps, guidance_scale=guidance,
+                                      seed=cfg.seed, batch_size=cfg.batch_size)
+
+
+def _refined_subject(cfg):
+    refine = require_stage("refine", cfg.profile)
+    return int(yaml.safe_load((refine / "config.yaml").read_text())["subject"])
 
 
 def _subjects(cfg, store):
+    """The evaluation subjects: the config's list, else the refine stage's subject (with NeuroPictor among the
+    methods), else the store's first subject."""
     if cfg.subjects:
+        missing = [int(s) for s in cfg.subjects if int(s) not in [int(x) for x in store.subjects]]
+        if missing:
+            raise ConfigError(f"reconstruction config: subjects {missing} are not in the prepared store "
+                              f"(it has {[int(x) for x in store.subjects]})")
         return [int(s) for s in cfg.subjects]
-    if any(m.startswith("neuropictor") for m in cfg.methods):
-        refine = require_stage("refine", cfg.profile)
-        return [int(yaml.safe_load((refine / "config.yaml").read_text())["subject"])]
+    if "neuropictor" in cfg.methods:
+        return [_refined_subject(cfg)]
     return [int(store.subjects[0])]
 
 
@@ -269,7 +282,9 @@ def _run(cfg, fm, log):
     with StageWriter(cfg) as w:
         rec_dir = w.path / "reconstructions"
         try:
-            for s in _subjects(cfg, store):
+            subjects = _subjects(cfg, store)
+            sweep_subject = subjects[0]
+            for s in subjects:
                 sub = store.subject(s)
                 n = len(sub.test_image_ids) if cfg.n_eval <= 0 else min(cfg.n_eval, len(sub.test_image_ids))
                 gt_ids = np.asarray(sub.test_image_ids)[:n]
@@ -277,6 +292,10 @@ def _run(cfg, fm, log):
                 gt_embeds = fm.image_embeds(gt, normalize=False).numpy()  # NV2L's target space (retrieval)
                 perm = derangement(n, cfg.shuffle_seed)
                 for key in cfg.methods:
+                    if key == "neuropictor" and s != _refined_subject(cfg):
+                        log(f"  subject {s}: no refined NeuroPictor (notebook 05 refines subject "
+                            f"{_refined_subject(cfg)}); skipped")
+                        continue
                     method = _Method(key, cfg, fm, store, s, log)
                     for variant in variants:
                         ids, x = eval_inputs(sub, method.kind, variant, n)
@@ -302,8 +321,8 @@ def _run(cfg, fm, log):
                                 retrieval_seed=ev.retrieval_seed))
                             save_reconstructions(rec_dir / f"{key}_shuffled_subj{s:02d}_{variant}.npz", shuffled,
                                                  ids, subject=s, method=method.label + SHUFFLED, variant=variant)
-                    if key != "neuropictor_pretrain":  # sweeps of the final models only
-                        _sweep(cfg, method, sub, gt[:cfg.sweep_n], nets, s, sweeps, rec_dir)
+                    if s == sweep_subject:  # sweeps of the final models on the first subject only
+                        _sweep(cfg, method, sub, gt[:cfg.sweep_n], nets, s, sweeps, rec_dir, log)
                 if cfg.captions and "nv2l" in cfg.methods:
                     if scorer is None:
                         from ..nv2l.captions import CaptionScorer
@@ -332,20 +351,39 @@ def _run(cfg, fm, log):
                           seed=cfg.seed)), indent=1))
 
 
-def _sweep(cfg, method, sub, gt, nets, subject, rows, rec_dir):
-    settings = cfg.control_scales if method.sweep_parameter == "control_scale" else cfg.strengths
-    if len(gt) < 2 or not settings:
+def sweep_settings(cfg, key):
+    """(parameter, setting, keyword arguments of the method call) of every sweep of method ``key``."""
+    out = []
+    for param in SWEEPS.get(key, ()):
+        for value in getattr(cfg, _SWEEP_LISTS[param]):
+            if param == "sampler":
+                name, _, steps = str(value).partition(":")
+                if name not in ("ddim", "dpm++") or not steps.isdigit():
+                    raise ConfigError(f"reconstruction config: samplers entry {value!r}; expected 'ddim:<steps>' "
+                                      "or 'dpm++:<steps>'")
+                out.append((f"{name} steps", float(steps), dict(scheduler=name, steps=int(steps))))
+            else:
+                out.append((param, float(value), {param: float(value)}))
+    return out
+
+
+def _sweep(cfg, method, sub, gt, nets, subject, rows, rec_dir, log):
+    if len(gt) < 2:
         return
     ids, x = eval_inputs(sub, method.kind, "averaged", len(gt))
-    for value in settings:
-        rec = to_uint8(method(x, float(value)))
-        t = evaluate_reconstructions(gt, rec, method.label, subject, "averaged", nets)
-        for r in t.itertuples(index=False):
-            rows.append(dict(method=method.label, subject=str(subject), parameter=method.sweep_parameter,
-                             setting=float(value), metric=r.metric, value=r.value))
-        save_reconstructions(rec_dir / "sweeps" / f"{method.key}_subj{subject:02d}_{method.sweep_parameter}"
-                                                  f"{float(value):g}.npz", rec, ids, subject=subject,
-                             method=method.label, variant=f"{method.sweep_parameter}={float(value):g}")
+    for param, value, kwargs in sweep_settings(cfg, method.key):
+        t = time.time()
+        rec = to_uint8(method(x, **kwargs))
+        seconds = time.time() - t
+        table = evaluate_reconstructions(gt, rec, method.label, subject, "averaged", nets)
+        rows.extend(dict(method=method.label, subject=str(subject), parameter=param, setting=value, metric=r.metric,
+                         value=r.value) for r in table.itertuples(index=False))
+        rows.append(dict(method=method.label, subject=str(subject), parameter=param, setting=value,
+                         metric="seconds", value=seconds))
+        name = param.replace(" steps", "").replace("+", "p")
+        save_reconstructions(rec_dir / "sweeps" / f"{method.key}_subj{subject:02d}_{name}{value:g}.npz", rec, ids,
+                             subject=subject, method=method.label, variant=f"{param}={value:g}")
+    log(f"  subject {subject} {method.label}: sweeps done")
 
 
 def load_results(profile):

@@ -188,7 +188,7 @@ class Foundation:
 
     @torch.no_grad()
     def sample(self, context, *, negative_context=None, image_embeds=None, noise_level=0, guidance_scale=3.0,
-               num_steps=25, scheduler="ddim", seed=0, init_latents=None, strength=1.0, eps_fn=None,
+               num_steps=25, scheduler="ddim", seed=0, init_latents=None, strength=1.0, beta=None, eps_fn=None,
                batch_size=64, decode=True):
         """Generate images from conditioning tokens with classifier-free guidance.
 
@@ -208,6 +208,10 @@ class Foundation:
             ``ddim`` or ``dpm++`` (DPM-Solver++) with the training noise schedule.
         init_latents : Tensor (n, C, h, w), optional
             Start from these latents noised to ``strength`` (img2img); ``strength=1`` starts from pure noise.
+        beta : float, optional
+            With ``init_latents``: NV2L's start instead of img2img, ``x_T = (1 - beta) * init_latents + beta *
+            noise`` (times the scheduler's initial sigma), denoised over every step; ``beta = 1`` ignores the
+            latents. ``strength`` is then not used.
         eps_fn : callable, optional
             ``eps_fn(latents, t, context, class_labels) -> eps`` replacing the UNet call (e.g. UNet + ControlNet).
         decode : bool
@@ -238,7 +242,12 @@ class Foundation:
             sched.set_timesteps(num_steps)
             timesteps = sched.timesteps
             x = noise[sl].to(self.device) * sched.init_noise_sigma
-            if init_latents is not None and strength < 1:
+            if init_latents is not None and beta is not None:
+                if not 0 <= beta <= 1:
+                    raise ValueError(f"beta must be in [0, 1], got {beta}")
+                x = ((1 - beta) * init_latents[sl].to(self.device).float() + beta * noise[sl].to(self.device)) \
+                    * sched.init_noise_sigma
+            elif init_latents is not None and strength < 1:
                 k = max(1, min(num_steps, int(round(num_steps * strength))))
                 timesteps = timesteps[num_steps - k:]
                 if hasattr(sched, "set_begin_index"):

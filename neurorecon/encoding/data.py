@@ -73,11 +73,14 @@ class StackedMaps:
 
     def batch(self, indices):
         indices = np.asarray(indices)
-        out = np.empty((len(indices),) + self.arrays[0].shape[1:], dtype=np.float32)
+        # gathered in the stored dtype (float16) and converted by torch: NumPy's float16 -> float32 cast cost
+        # 25x the gather itself (benchmarks/bench_loading.py)
+        dtype = np.result_type(*(a.dtype for a in self.arrays))
+        out = np.empty((len(indices),) + self.arrays[0].shape[1:], dtype=dtype)
         which = np.searchsorted(self.offsets, indices, side="right") - 1
         for k in np.unique(which):
             sel = np.nonzero(which == k)[0]
             local = indices[sel] - self.offsets[k]
             order = np.argsort(local)
             out[sel[order]] = self.arrays[k][local[order]]
-        return {"maps": torch.from_numpy(out)}
+        return {"maps": torch.from_numpy(out).float()}

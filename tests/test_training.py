@@ -28,6 +28,45 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
     assert _same(full, fresh)
 
 
+SLOW_RUN = """
+import sys, time
+sys.path.insert(0, {here!r})
+import train_worker
+from neurorecon.training import fit
+
+model = train_worker.Toy()
+
+def slow_loss(m, b, g):
+    time.sleep(0.05)  # slow enough to be killed mid-run; the numbers are those of train_worker.run
+    return m(b["x"], b["y"], g)
+
+fit(model, slow_loss, train_worker.toy_data(), steps=40, batch_size=4, lr=1e-2, ckpt_dir={ckpt!r}, ckpt_every=4,
+    progress=False)
+"""
+
+
+def test_sigkilled_training_process_resumes_to_the_same_weights(tmp_path):
+    """A real ``SIGKILL`` of a training process (at whatever point it is, possibly mid-checkpoint): the rerun
+    resumes from the last complete checkpoint and ends with the weights of an uninterrupted run."""
+    import signal
+    import time
+
+    ckpt = tmp_path / "ck"
+    code = SLOW_RUN.format(here=str(Path(__file__).parent), ckpt=str(ckpt))
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.time() + 120
+    while not (ckpt / "latest" / "step.json").is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)  # a few more steps, maybe into the next checkpoint write
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    full, _ = train_worker.run(steps=40)
+    resumed, res = train_worker.run(steps=40, ckpt_dir=ckpt)
+    assert 4 <= res.resumed_from < 40 and res.resumed_from % 4 == 0
+    assert _same(full, resumed)
+
+
 def test_corrupted_checkpoint_gives_a_clear_error(tmp_path):
     train_worker.run(steps=4, ckpt_dir=tmp_path / "ck", ckpt_every=2)
     for f in (tmp_path / "ck/latest").glob("*.safetensors"):

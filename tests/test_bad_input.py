@@ -1,5 +1,9 @@
 """Bad raw input gives a clear error naming the file and what was expected, exits non-zero, writes nothing."""
 
+import contextlib
+import io
+import re
+
 import h5py
 import nibabel as nib
 import numpy as np
@@ -20,15 +24,22 @@ def tree(tmp_path):
     return tmp_path / "nsd"
 
 
-def _prepare_fails(tree, tmp_path, match, **kw):
+def _prepare_fails(tree, tmp_path, match, subjects=(1, 3)):
     out = tmp_path / "store"
     (out / "keep").mkdir(parents=True)
     (out / "keep" / "old.txt").write_text("an earlier store")
     with pytest.raises(DataError, match=match) as info:
-        prepare(tree, out, subjects=kw.pop("subjects", [1, 3]), progress=False, **kw)
+        prepare(tree, out, subjects=list(subjects), progress=False)
     # nothing already written is lost, nothing half-written is left
     assert (out / "keep" / "old.txt").read_text() == "an earlier store"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nsd", "store"]
+    # the command line says the same and exits non-zero, again without touching the earlier store
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["prepare", "--nsd-root", str(tree), "--out", str(out), "--quiet", "--subjects",
+                     ",".join(str(s) for s in subjects)])
+    assert code == 2 and re.search(match, err.getvalue()), err.getvalue()
+    assert (out / "keep" / "old.txt").read_text() == "an earlier store"
     return str(info.value)
 
 

@@ -368,10 +368,11 @@ def sweep_settings(cfg, key):
 
 
 def _sweep(cfg, method, sub, gt, nets, subject, rows, rec_dir, log):
-    if len(gt) < 2:
+    settings = sweep_settings(cfg, method.key)
+    if len(gt) < 2 or not settings:
         return
     ids, x = eval_inputs(sub, method.kind, "averaged", len(gt))
-    for param, value, kwargs in sweep_settings(cfg, method.key):
+    for param, value, kwargs in settings:
         t = time.time()
         rec = to_uint8(method(x, **kwargs))
         seconds = time.time() - t

@@ -1,7 +1,10 @@
 """``make reproduce``: run the numbered notebooks in order with papermill.
 
-Executed copies go to ``$NEURORECON_HOME/executed/<profile>/``. A notebook whose stage is already complete with
-the same config is skipped; the first failure stops the run and prints the failing cell.
+Executed copies go to ``$NEURORECON_HOME/executed/<profile>/``. A notebook is skipped when its stage is already
+complete with the same config *and* the notebook itself last ran to the end under that config (a ``.passed`` file
+beside its executed copy); a stage that is complete but whose notebook failed in a later cell (an assertion on the
+results, a figure) is run again, which reuses the stage's outputs and re-checks the cells. The first failure stops
+the run and prints the failing cell.
 """
 
 import importlib
@@ -70,11 +73,15 @@ def reproduce(profile="demo", start=None, force=False, log=print):
             continue
         stage = _stage_of(nb)
         digest = _config_digest(stage, profile) if stage else None
-        if not force and digest and is_complete(stage, profile, digest):
+        executed = out_dir / nb.name
+        passed = executed.with_suffix(".passed")
+        complete = bool(digest) and is_complete(stage, profile, digest)
+        if not force and complete and passed.is_file() and passed.read_text() == digest:
             log(f"[skip] {nb.name}: stage '{stage}' already complete with the same config")
             continue
-        executed = out_dir / nb.name
-        log(f"[run ] {nb.name} (profile {profile}) -> {executed}")
+        passed.unlink(missing_ok=True)
+        note = " (stage complete: reusing it, re-checking the notebook)" if complete and not force else ""
+        log(f"[run ] {nb.name} (profile {profile}) -> {executed}{note}")
         t0 = time.time()
         try:
             pm.execute_notebook(str(nb), str(executed), parameters={"profile": profile}, kernel_name="python3",
@@ -83,6 +90,8 @@ def reproduce(profile="demo", start=None, force=False, log=print):
             _print_failure(err, executed)
             log(f"[FAIL] {nb.name} after {time.time() - t0:.0f} s; fix it and rerun: completed stages are skipped")
             return 1
+        if digest:
+            passed.write_text(digest)
         timings.append((nb.name, time.time() - t0))
         log(f"[done] {nb.name} in {timings[-1][1]:.0f} s")
     with open(out_dir / "timings.csv", "a") as fh:

@@ -46,3 +46,22 @@ def test_reproduce_stops_at_failure_and_resumes(tmp_path, monkeypatch, capsys):
     assert "[done] 02_foundation_models.ipynb" in out and (nbdir / "ran03").exists()
     assert runner.reproduce("smoke", force=True) == 0
     assert "[done] 01_data_preparation.ipynb" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_reproduce_rechecks_a_complete_stage_whose_notebook_failed(tmp_path, monkeypatch, capsys):
+    nbdir = tmp_path / "notebooks"
+    nbdir.mkdir()
+    monkeypatch.setattr(paths, "notebooks_dir", lambda: nbdir)
+    # the stage completes, then the notebook's own assertion on it fails
+    _nb(nbdir / "01_data_preparation.ipynb", MAKE_DATA_STAGE, "assert False, 'result check failed'")
+    assert runner.reproduce("smoke") == 1
+    assert "AssertionError: result check failed" in capsys.readouterr().out
+    _nb(nbdir / "01_data_preparation.ipynb", MAKE_DATA_STAGE, "open('checked01', 'w').write('yes')")
+    assert runner.reproduce("smoke") == 0
+    out = capsys.readouterr().out
+    assert "[skip]" not in out and "re-checking the notebook" in out and (nbdir / "checked01").exists()
+    (nbdir / "checked01").unlink()
+    assert runner.reproduce("smoke") == 0  # passed under this config: now skipped
+    assert "[skip] 01_data_preparation.ipynb" in capsys.readouterr().out
+    assert not (nbdir / "checked01").exists()

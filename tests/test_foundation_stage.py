@@ -9,6 +9,7 @@ import torch
 from neurorecon.artifacts import is_complete, read_metrics
 from neurorecon.config import load_config
 from neurorecon.data import open_store
+from neurorecon.errors import ConfigError
 from neurorecon.data.stage import DataConfig, run_data_stage, store_path
 from neurorecon.foundation import FoundationConfig, load_foundation
 from neurorecon.foundation.stage import run_foundation_stage, split_ids
@@ -48,10 +49,19 @@ def test_smoke_stage_trains_saves_and_measures(in_home):
                 ("unclip", "two_way_clip"), ("lm", "perplexity"), ("lm", "unigram_perplexity")]:
         assert np.isfinite(m[key]), key
     assert 0 <= m["t2i_dpm++", "two_way_clip"] <= 1 and m["vae", "psnr"] > 5
+    per_seed = [m["t2i_dpm++", f"two_way_clip_text@seed{cfg.seed + k}"] for k in range(cfg.eval_seeds)]
+    assert cfg.eval_seeds == 2 and m["t2i_dpm++", "two_way_clip_text"] == pytest.approx(np.mean(per_seed))
     assert m["lm", "perplexity"] < m["lm", "unigram_perplexity"]  # even the smoke LM beats unigram statistics
     losses = json.loads((folder / "train_log.json").read_text())["losses"]
     assert set(losses) == {"clip", "vae", "unet", "unclip", "lm"}
     assert losses["clip"][-1][1] < losses["clip"][0][1] and losses["lm"][-1][1] < losses["lm"][0][1]
+
+
+def test_eval_seeds_below_one_is_refused_before_any_work(in_home):
+    cfg = load_config(FoundationConfig, "smoke", overrides=dict(eval_seeds=0))
+    with pytest.raises(ConfigError, match=r"eval_seeds=0; expected an integer >= 1"):
+        run_foundation_stage(cfg, force=True)
+    assert is_complete("foundation", "smoke", load_config(FoundationConfig, "smoke").digest())  # untouched
 
 
 def test_smoke_models_load_through_the_one_interface(in_home):

@@ -66,6 +66,7 @@ class FoundationConfig(StageConfig):
 
     # --- evaluation on held-out (shared test) images ---------------------------------------------------------------
     n_eval: int = 100                        # held-out images used for retrieval / reconstruction / generation
+    eval_seeds: int = 2                      # text-to-image: generations per caption (sampling seeds), scores averaged
     sampler: str = "dpm++"                   # ddim | dpm++
     sample_steps: int = 20
     guidance_scale: float = 3.0

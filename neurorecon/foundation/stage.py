@@ -14,6 +14,7 @@ import torch
 from ..artifacts import StageWriter, is_complete, require_stage
 from ..data import open_store
 from ..data.stage import store_path
+from ..errors import ConfigError
 from . import evaluate as E
 from .load import config_paths, demo_paths, load_from_paths
 from .save import save_clip, save_lm, save_sd, save_unclip
@@ -134,13 +135,20 @@ def _evaluate(cfg, fm, store, folder, w, train_texts, log):
     out = dict(ids=ids, gt=gt, vae=E.to_uint8(rec))
     w.add_metric("ground_truth", "all", "test", "two_way_clip_text", E.two_way_clip_text(fm, caps, gt))
     for sampler in ("dpm++", "ddim"):
-        gen = E.generate_from_captions(fm, caps, sampler, cfg.sample_steps, cfg.guidance_scale, cfg.seed)
-        score, text = E.two_way_clip(fm, gt, gen), E.two_way_clip_text(fm, caps, gen)
+        scores, texts = [], []
+        for k in range(cfg.eval_seeds):  # one generation per caption and seed; one seed's score varies by ~0.02
+            gen = E.generate_from_captions(fm, caps, sampler, cfg.sample_steps, cfg.guidance_scale, cfg.seed + k)
+            scores.append(E.two_way_clip(fm, gt, gen))
+            texts.append(E.two_way_clip_text(fm, caps, gen))
+            w.add_metric(f"t2i_{sampler}", "all", "test", f"two_way_clip_text@seed{cfg.seed + k}", texts[-1])
+            if k == 0:
+                out[f"t2i_{sampler}"] = E.to_uint8(gen)
+        score, text = float(np.mean(scores)), float(np.mean(texts))
         w.add_metric(f"t2i_{sampler}", "all", "test", "two_way_clip", score)
         w.add_metric(f"t2i_{sampler}", "all", "test", "two_way_clip_text", text)
-        out[f"t2i_{sampler}"] = E.to_uint8(gen)
-        log(f"text-to-image ({sampler}, {cfg.sample_steps} steps, CFG {cfg.guidance_scale}): two-way "
-            f"identification against the prompts {text:.1%}, against the prompts' images {score:.1%}")
+        log(f"text-to-image ({sampler}, {cfg.sample_steps} steps, CFG {cfg.guidance_scale}, mean of "
+            f"{cfg.eval_seeds} seed(s)): two-way identification against the prompts {text:.1%} "
+            f"({', '.join(f'{t:.1%}' for t in texts)}), against the prompts' images {score:.1%}")
     gen = E.generate_from_captions(fm, caps, cfg.sampler, cfg.sample_steps, cfg.guidance_scale, cfg.seed,
                                    image_embeds=fm.image_embeds(gt, normalize=False))
     score = E.two_way_clip(fm, gt, gen)
@@ -170,6 +178,9 @@ def run_foundation_stage(cfg, force=False, progress=True, log=print, config_file
     the held-out shared images. full: check and load the configured weights, then measure them the same way.
     A stage already complete with the same config is reused unless ``force``.
     """
+    if cfg.eval_seeds < 1:
+        raise ConfigError(f"foundation config ({cfg.profile}): eval_seeds={cfg.eval_seeds!r}; expected an integer >= 1 "
+                          "(text-to-image generations per held-out caption)")
     if not force and is_complete(cfg.STAGE, cfg.profile, cfg.digest()):
         return require_stage(cfg.STAGE, cfg.profile)
     threads = torch.get_num_threads()

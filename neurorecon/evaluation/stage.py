@@ -87,7 +87,7 @@ class ReconstructionConfig(StageConfig):
     seed: int = 42
     batch_size: int = 50
     num_inference_steps: int = 20
-    guidance_scale: float = 3.0
+    guidance_scale: float = 5.0
     control_scale: float = 1.0
     nv2l_beta: float = 0.93
     nv2l_noise_level: int = 0

@@ -5,7 +5,13 @@ A stage folder ``$NEURORECON_HOME/artifacts/<profile>/<stage>/`` holds
 - ``config.yaml``: the resolved stage config;
 - ``metrics.csv``: tidy metrics with columns ``stage, method, subject, split, metric, value``;
 - whatever the stage produces;
-- ``COMPLETE``: JSON marker written last (config digest, time, duration).
+- ``COMPLETE``: JSON marker written last (config digest, time, duration, a run id, and the run ids of the
+  upstream stages it was built from, :data:`STAGE_DEPENDS`).
+
+A stage counts as *complete with a config* (:func:`is_complete` with a digest, which decides whether a stage is
+reused) only while the upstream stages it was built from are still the same runs, recursively: re-making the
+foundation models makes the pretraining, refinement, language and reconstruction stages built on the old ones
+stale, so they are rebuilt instead of silently reused.
 
 Everything is first written into a sibling ``<stage>.partial-<pid>`` folder and renamed into place only when
 the stage finished, so a stage killed mid-way leaves no half-written artifact and no marker, and an older
@@ -18,6 +24,7 @@ import math
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -28,9 +35,11 @@ from .errors import MissingStageError
 __all__ = [
     "METRIC_COLUMNS",
     "STAGE_NOTEBOOKS",
+    "STAGE_DEPENDS",
     "StageWriter",
     "atomic_dir",
     "is_complete",
+    "stale_upstream",
     "read_marker",
     "require_stage",
     "read_metrics",
@@ -50,6 +59,18 @@ STAGE_NOTEBOOKS = {
     "language": "06_language_instruction_tuning",
     "reconstruction": "07_reconstruction_and_evaluation",
     "figures": "08_paper_figures",
+}
+
+#: The stages whose outputs each stage reads (direct dependencies; staleness is checked recursively).
+STAGE_DEPENDS = {
+    "data": (),
+    "foundation": ("data",),
+    "encoding": ("data",),
+    "pretrain": ("data", "foundation", "encoding"),
+    "refine": ("pretrain",),
+    "language": ("data", "foundation"),
+    "reconstruction": ("data", "foundation", "pretrain", "refine", "language"),
+    "figures": ("reconstruction",),
 }
 
 
@@ -154,8 +175,12 @@ class StageWriter:
                 w.writeheader()
                 for row in self.rows:
                     w.writerow({**row, "value": repr(row["value"]) if math.isfinite(row["value"]) else "nan"})
-            marker = dict(stage=self.stage, profile=self.config.profile, digest=self.config.digest(),
-                          finished=time.strftime("%Y-%m-%dT%H:%M:%S"), seconds=round(time.time() - self._t0, 2))
+            profile = self.config.profile
+            upstream = {dep: _run_id(m) for dep in STAGE_DEPENDS.get(self.stage, ())
+                        if (m := read_marker(dep, profile)) is not None}  # the ones present: those it could read
+            marker = dict(stage=self.stage, profile=profile, digest=self.config.digest(),
+                          finished=time.strftime("%Y-%m-%dT%H:%M:%S"), seconds=round(time.time() - self._t0, 2),
+                          run_id=uuid.uuid4().hex, upstream=upstream)
             (self.path / MARKER).write_text(json.dumps(marker, indent=1))
         return self._atomic.__exit__(exc_type, exc, tb)
 
@@ -171,10 +196,27 @@ def read_marker(stage, profile):
         return None
 
 
+def _run_id(marker):
+    return marker.get("run_id") or f"{marker.get('digest')}@{marker.get('finished')}"  # markers before run ids
+
+
+def stale_upstream(stage, profile, marker=None):
+    """The upstream stage that changed since ``stage`` was built (re-made, removed, or itself stale), or None."""
+    marker = read_marker(stage, profile) if marker is None else marker
+    for dep, run_id in (marker or {}).get("upstream", {}).items():
+        current = read_marker(dep, profile)
+        if current is None or _run_id(current) != run_id or stale_upstream(dep, profile, current):
+            return dep
+    return None
+
+
 def is_complete(stage, profile, digest=None):
-    """True if the stage finished (and, with ``digest``, finished with that config)."""
+    """True if the stage finished; with ``digest``, finished with that config *and* the upstream stages it was
+    built from are unchanged (:func:`stale_upstream`), i.e. it may be reused as it is."""
     marker = read_marker(stage, profile)
-    return marker is not None and (digest is None or marker.get("digest") == digest)
+    if marker is None or digest is None:
+        return marker is not None
+    return marker.get("digest") == digest and stale_upstream(stage, profile, marker) is None
 
 
 def require_stage(stage, profile):

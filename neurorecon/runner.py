@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from . import paths
-from .artifacts import STAGE_NOTEBOOKS, is_complete
+from .artifacts import STAGE_NOTEBOOKS, is_complete, read_marker, stale_upstream
 from .config import load_config
 
 __all__ = ["reproduce", "notebooks", "STAGE_CONFIGS"]
@@ -81,6 +81,9 @@ def reproduce(profile="demo", start=None, force=False, log=print):
             continue
         passed.unlink(missing_ok=True)
         note = " (stage complete: reusing it, re-checking the notebook)" if complete and not force else ""
+        marker = read_marker(stage, profile) if digest and not force else None
+        if marker and marker.get("digest") == digest and not complete:
+            note = f" (stage '{stage}' was built on an older '{stale_upstream(stage, profile, marker)}': rebuilding it)"
         log(f"[run ] {nb.name} (profile {profile}) -> {executed}{note}")
         t0 = time.time()
         try:

@@ -6,7 +6,7 @@ import pytest
 
 from neurorecon import paths
 from neurorecon.artifacts import (METRIC_COLUMNS, StageWriter, atomic_dir, collect_metrics, is_complete,
-                                  read_metrics, require_stage)
+                                  read_marker, read_metrics, require_stage, stale_upstream)
 from neurorecon.config import load_config
 from neurorecon.data.stage import DataConfig
 from neurorecon.errors import MissingStageError
@@ -30,6 +30,39 @@ def test_stage_writer_writes_config_metrics_and_marker_last():
     assert (folder / "config.yaml").read_text() == cfg.to_yaml()
     assert collect_metrics("smoke").shape == (1, 6)
     assert require_stage("data", "smoke") == folder
+
+
+def _make(cls, profile="smoke"):
+    cfg = load_config(cls, profile)
+    with StageWriter(cfg) as w:
+        w.add_metric("toy", "all", "all", "ran", 1)
+    return cfg.digest()
+
+
+def test_remaking_an_upstream_stage_makes_the_stages_built_on_it_stale():
+    from neurorecon.foundation import FoundationConfig
+    from neurorecon.neuropictor.stage import PretrainConfig, RefineConfig
+    from neurorecon.nv2l.stage import LanguageConfig
+
+    _make(DataConfig)
+    foundation = _make(FoundationConfig)
+    pretrain = _make(PretrainConfig)  # built without an encoding stage: it does not record one
+    refine = _make(RefineConfig)
+    language = _make(LanguageConfig)
+    assert read_marker("pretrain", "smoke")["upstream"].keys() == {"data", "foundation"}
+    assert all(is_complete(s, "smoke", d) for s, d in
+               [("foundation", foundation), ("pretrain", pretrain), ("refine", refine), ("language", language)])
+    _make(DataConfig)  # re-made upstream: everything downstream of it is stale until rebuilt
+    _make(FoundationConfig)
+    assert not is_complete("pretrain", "smoke", pretrain) and stale_upstream("pretrain", "smoke") == "data"
+    assert stale_upstream("refine", "smoke") == "pretrain"  # through pretrain: recursive
+    assert not is_complete("refine", "smoke", refine) and not is_complete("language", "smoke", language)
+    assert is_complete("refine", "smoke")  # still readable (require_stage works), just not reused as it is
+    assert is_complete("foundation", "smoke", foundation)  # the re-made foundation is built on the current data
+    _make(PretrainConfig)
+    assert stale_upstream("refine", "smoke") == "pretrain"  # pretrain is a new run: refine must be rebuilt
+    _make(RefineConfig)
+    assert is_complete("refine", "smoke", refine)
 
 
 def test_failed_stage_leaves_old_version_and_no_partial():

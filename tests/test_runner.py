@@ -65,3 +65,28 @@ def test_reproduce_rechecks_a_complete_stage_whose_notebook_failed(tmp_path, mon
     assert runner.reproduce("smoke") == 0  # passed under this config: now skipped
     assert "[skip] 01_data_preparation.ipynb" in capsys.readouterr().out
     assert not (nbdir / "checked01").exists()
+
+
+@pytest.mark.slow
+def test_reproduce_rebuilds_a_stage_whose_upstream_was_remade(tmp_path, monkeypatch, capsys):
+    from neurorecon.artifacts import StageWriter
+    from neurorecon.config import load_config
+    from neurorecon.data.stage import DataConfig
+
+    nbdir = tmp_path / "notebooks"
+    nbdir.mkdir()
+    monkeypatch.setattr(paths, "notebooks_dir", lambda: nbdir)
+    _nb(nbdir / "01_data_preparation.ipynb", MAKE_DATA_STAGE)
+    _nb(nbdir / "02_foundation_models.ipynb", MAKE_DATA_STAGE.replace("data.stage import DataConfig",
+                                                                       "foundation import FoundationConfig")
+        .replace("DataConfig, profile", "FoundationConfig, profile"))
+    assert runner.reproduce("smoke") == 0
+    capsys.readouterr()
+    with StageWriter(load_config(DataConfig, "smoke")):  # the data stage re-made outside the runner
+        pass
+    assert runner.reproduce("smoke") == 0
+    out = capsys.readouterr().out
+    assert "[skip] 01_data_preparation.ipynb" in out
+    assert "stage 'foundation' was built on an older 'data': rebuilding it" in out
+    assert runner.reproduce("smoke") == 0
+    assert "[skip] 02_foundation_models.ipynb" in capsys.readouterr().out

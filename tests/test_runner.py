@@ -24,11 +24,17 @@ with StageWriter(load_config(DataConfig, profile)) as w:
 """
 
 
+@pytest.fixture
+def nbdir(tmp_path, monkeypatch):
+    """An empty notebooks folder that the runner reads instead of the repository's."""
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    monkeypatch.setattr(paths, "notebooks_dir", lambda: folder)
+    return folder
+
+
 @pytest.mark.slow
-def test_reproduce_stops_at_failure_and_resumes(tmp_path, monkeypatch, capsys):
-    nbdir = tmp_path / "notebooks"
-    nbdir.mkdir()
-    monkeypatch.setattr(paths, "notebooks_dir", lambda: nbdir)
+def test_reproduce_stops_at_failure_and_resumes(nbdir, capsys):
     _nb(nbdir / "01_data_preparation.ipynb", MAKE_DATA_STAGE)
     _nb(nbdir / "02_foundation_models.ipynb", "x = 1", "raise ValueError('broken on purpose')")
     _nb(nbdir / "03_calibrated_encoding.ipynb", "open('ran03', 'w').write('yes')")
@@ -49,10 +55,7 @@ def test_reproduce_stops_at_failure_and_resumes(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_reproduce_rechecks_a_complete_stage_whose_notebook_failed(tmp_path, monkeypatch, capsys):
-    nbdir = tmp_path / "notebooks"
-    nbdir.mkdir()
-    monkeypatch.setattr(paths, "notebooks_dir", lambda: nbdir)
+def test_reproduce_rechecks_a_complete_stage_whose_notebook_failed(nbdir, capsys):
     # the stage completes, then the notebook's own assertion on it fails
     _nb(nbdir / "01_data_preparation.ipynb", MAKE_DATA_STAGE, "assert False, 'result check failed'")
     assert runner.reproduce("smoke") == 1
@@ -68,14 +71,11 @@ def test_reproduce_rechecks_a_complete_stage_whose_notebook_failed(tmp_path, mon
 
 
 @pytest.mark.slow
-def test_reproduce_rebuilds_a_stage_whose_upstream_was_remade(tmp_path, monkeypatch, capsys):
+def test_reproduce_rebuilds_a_stage_whose_upstream_was_remade(nbdir, capsys):
     from neurorecon.artifacts import StageWriter
     from neurorecon.config import load_config
     from neurorecon.data.stage import DataConfig
 
-    nbdir = tmp_path / "notebooks"
-    nbdir.mkdir()
-    monkeypatch.setattr(paths, "notebooks_dir", lambda: nbdir)
     _nb(nbdir / "01_data_preparation.ipynb", MAKE_DATA_STAGE)
     _nb(nbdir / "02_foundation_models.ipynb", MAKE_DATA_STAGE.replace("data.stage import DataConfig",
                                                                        "foundation import FoundationConfig")

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from neurorecon.artifacts import read_marker, read_metrics
+from neurorecon.artifacts import is_complete, read_marker, read_metrics, stale_upstream
 from neurorecon.config import load_config
 from neurorecon.errors import MissingStageError
 from neurorecon.evaluation import load_reconstructions
@@ -97,6 +97,10 @@ def test_ridge_stage_then_figures(tmp_path, monkeypatch):
         t[(t.method == label) & (t.variant == "averaged") & (t.metric == "PixCorr")].value.iloc[0])
     assert table.loc["NeuroPictor (published, real NSD)", "Alex(2)"] == 96.5 and len(table) == 2 + len(PUBLISHED)
     assert "| Ridge (Takagi & Nishimoto) (ours) |" in (figs / "paper_table.md").read_text()
+    fcfg = load_config(FiguresConfig, "smoke")
+    assert is_complete("figures", "smoke", fcfg.digest())
+    run_reconstruction_stage(cfg, fm=fm, force=True, log=lambda m: None)  # re-made: figures drawn from the old one
+    assert not is_complete("figures", "smoke", fcfg.digest()) and stale_upstream("figures", "smoke") == "reconstruction"
 
 
 def test_sweep_settings_per_method():

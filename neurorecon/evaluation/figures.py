@@ -19,7 +19,6 @@ metrics: the number of figures.
 """
 
 import dataclasses
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -30,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .. import paths
-from ..artifacts import StageWriter, is_complete, read_marker
+from ..artifacts import StageWriter, is_complete
 from ..config import StageConfig
 from .io import load_reconstructions
 from .stage import METHOD_LABELS, SHUFFLED, load_results
@@ -70,11 +69,6 @@ class FiguresConfig(StageConfig):
     n_show: int = 8
     variant: str = "averaged"
     dpi: int = 120
-
-    def digest(self):  # figures depend on the reconstruction stage they were drawn from
-        marker = read_marker("reconstruction", self.profile) or {}
-        blob = json.dumps([self.to_dict(), marker.get("digest"), marker.get("finished")], sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def savefig(fig, path, dpi=120, pdf=True):

@@ -1,5 +1,6 @@
 # neurorecon: `make reproduce` runs the notebooks, `make test` runs pytest + nbval. Both set up .venv first.
 PROFILE ?= demo
+CONFIG ?=
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 VENV := .venv
@@ -17,9 +18,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## Run the numbered notebooks in order (PROFILE=demo|smoke|full); completed stages are skipped.
+## Run the numbered notebooks in order (PROFILE=demo|smoke|full; CONFIG=your run config YAML); completed stages are skipped.
 reproduce: $(STAMP)
-	$(PY) -m neurorecon.cli reproduce --profile $(PROFILE)
+	$(PY) -m neurorecon.cli reproduce --profile $(PROFILE) $(if $(CONFIG),--config $(abspath $(CONFIG)))
 
 ## pytest on the package, then every notebook under nbval in the smoke profile, in a temporary home.
 test: $(STAMP)

@@ -61,7 +61,7 @@ def _cmd_results(args):
 def _cmd_reproduce(args):
     from .runner import reproduce
 
-    return reproduce(args.profile, start=args.start, force=args.force)
+    return reproduce(args.profile, start=args.start, force=args.force, config_file=args.config)
 
 
 def build_parser():
@@ -101,6 +101,7 @@ def build_parser():
     s.add_argument("--profile", choices=["smoke", "demo", "full"], default="demo")
     s.add_argument("--start", help="first notebook to run, e.g. 03")
     s.add_argument("--force", action="store_true", help="rerun stages that are already complete")
+    s.add_argument("--config", help="your run config: one YAML for every stage (see docs/run_config.full.yaml)")
     s.set_defaults(func=_cmd_reproduce)
 
     from .evaluation.cli import add_evaluate_parser

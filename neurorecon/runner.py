@@ -7,7 +7,6 @@ results, a figure) is run again, which reuses the stage's outputs and re-checks 
 the run and prints the failing cell.
 """
 
-import importlib
 import os
 import re
 import time
@@ -15,21 +14,10 @@ from pathlib import Path
 
 from . import paths
 from .artifacts import STAGE_NOTEBOOKS, is_complete, read_marker, stale_upstream
-from .config import load_config
+from .config import STAGE_CONFIGS, config_class, load_config
 
-__all__ = ["reproduce", "notebooks", "STAGE_CONFIGS"]
+__all__ = ["reproduce", "notebooks"]
 
-#: Config class of each stage, as "module:Class" (imported only when needed).
-STAGE_CONFIGS = {
-    "data": "neurorecon.data.stage:DataConfig",
-    "foundation": "neurorecon.foundation.config:FoundationConfig",
-    "encoding": "neurorecon.encoding.stage:EncodingConfig",
-    "pretrain": "neurorecon.neuropictor.stage:PretrainConfig",
-    "refine": "neurorecon.neuropictor.stage:RefineConfig",
-    "language": "neurorecon.nv2l.stage:LanguageConfig",
-    "reconstruction": "neurorecon.evaluation.stage:ReconstructionConfig",
-    "figures": "neurorecon.evaluation.figures:FiguresConfig",
-}
 _NB_RE = re.compile(r"^(\d\d)_.+\.ipynb$")
 
 
@@ -42,12 +30,10 @@ def _stage_of(nb):
     return next((stage for stage, name in STAGE_NOTEBOOKS.items() if name == nb.stem), None)
 
 
-def _config_digest(stage, profile):
-    spec = STAGE_CONFIGS.get(stage)
-    if spec is None:
+def _config_digest(stage, profile, config_file=None):
+    if stage not in STAGE_CONFIGS:
         return None
-    module, cls = spec.split(":")
-    return load_config(getattr(importlib.import_module(module), cls), profile).digest()
+    return load_config(config_class(stage), profile, path=config_file).digest()
 
 
 def _print_failure(err, executed):
@@ -60,19 +46,44 @@ def _print_failure(err, executed):
     print(f"--- executed copy with all outputs: {executed}")
 
 
-def reproduce(profile="demo", start=None, force=False, log=print):
-    """Run every numbered notebook for a profile; returns 0 on success, 1 at the first failure."""
+def reproduce(profile="demo", start=None, force=False, log=print, config_file=None):
+    """Run every numbered notebook for a profile; returns 0 on success, 1 at the first failure.
+
+    ``config_file`` is the user's run config (see :func:`neurorecon.config.load_config`): it is validated whole
+    before anything runs, passed to every notebook's ``config_file`` parameter and set as
+    ``$NEURORECON_CONFIG`` for the kernels.
+    """
     import papermill as pm
 
+    if config_file:
+        config_file = str(Path(config_file).expanduser().resolve())
+        for section in STAGE_CONFIGS:  # every section checked now, not when its notebook is reached
+            load_config(config_class(section), profile, path=config_file)
+    saved = {k: os.environ.get(k) for k in ("NEURORECON_PROFILE", "NEURORECON_CONFIG")}
+    os.environ["NEURORECON_PROFILE"] = profile
+    if config_file:
+        os.environ["NEURORECON_CONFIG"] = config_file
+    else:
+        os.environ.pop("NEURORECON_CONFIG", None)
+    try:
+        return _run_notebooks(pm, profile, start, force, log, config_file)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _run_notebooks(pm, profile, start, force, log, config_file):
     out_dir = paths.home() / "executed" / profile
     out_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["NEURORECON_PROFILE"] = profile
     timings = []
     for nb in notebooks():
         if start and nb.name[:2] < str(start)[:2]:
             continue
         stage = _stage_of(nb)
-        digest = _config_digest(stage, profile) if stage else None
+        digest = _config_digest(stage, profile, config_file) if stage else None
         executed = out_dir / nb.name
         passed = executed.with_suffix(".passed")
         complete = bool(digest) and is_complete(stage, profile, digest)
@@ -87,8 +98,8 @@ def reproduce(profile="demo", start=None, force=False, log=print):
         log(f"[run ] {nb.name} (profile {profile}) -> {executed}{note}")
         t0 = time.time()
         try:
-            pm.execute_notebook(str(nb), str(executed), parameters={"profile": profile}, kernel_name="python3",
-                                cwd=str(nb.parent), progress_bar=False)
+            pm.execute_notebook(str(nb), str(executed), parameters={"profile": profile, "config_file": config_file},
+                                kernel_name="python3", cwd=str(nb.parent), progress_bar=False)
         except pm.PapermillExecutionError as err:
             _print_failure(err, executed)
             log(f"[FAIL] {nb.name} after {time.time() - t0:.0f} s; fix it and rerun: completed stages are skipped")

@@ -12,6 +12,7 @@ def _isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("NEURORECON_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("NEURORECON_FIGURES", str(tmp_path / "figures"))
     monkeypatch.delenv("NEURORECON_PROFILE", raising=False)
+    monkeypatch.delenv("NEURORECON_CONFIG", raising=False)
 
 
 @contextlib.contextmanager

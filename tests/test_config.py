@@ -78,3 +78,81 @@ def test_default_profile_from_environment(monkeypatch):
     monkeypatch.setenv("NEURORECON_PROFILE", "nope")
     with pytest.raises(ConfigError, match="NEURORECON_PROFILE"):
         default_profile()
+
+
+# --- one run config for a whole run ---------------------------------------------------------------------------------
+from neurorecon.config import STAGE_CONFIGS, config_class, config_source  # noqa: E402
+
+RUN = """
+shared:
+  nsd_root: /data/nsd
+  device: cuda
+  dtype: bfloat16
+  sd_path: /models/sd21
+data:
+  subjects: [1, 2, 3, 4, 5, 6, 7, 8]
+foundation:
+  llm_path: /models/llama
+pretrain:
+  steps: 7
+"""
+
+
+def test_run_config_gives_each_stage_its_section_and_the_shared_keys_it_has(tmp_path):
+    run = tmp_path / "my_run.yaml"
+    run.write_text(RUN)
+    data = load_config(DataConfig, "full", path=run)
+    assert (data.nsd_root, data.subjects) == ("/data/nsd", [1, 2, 3, 4, 5, 6, 7, 8])
+    assert config_source(data) == str(run)
+    found = load_config(config_class("foundation"), "full", path=run)
+    assert (found.device, found.dtype, found.sd_path, found.llm_path) == ("cuda", "bfloat16", "/models/sd21",
+                                                                          "/models/llama")
+    pre = load_config(config_class("pretrain"), "full", path=run)
+    assert pre.steps == 7 and not hasattr(pre, "nsd_root")  # a shared key goes only where it is a setting
+    # the shipped per-profile values still apply below the run config
+    assert load_config(config_class("pretrain"), "smoke", path=run).steps == 7
+    assert load_config(config_class("refine"), "full", path=run).digest() == \
+        load_config(config_class("refine"), "full").digest()
+
+
+@pytest.mark.parametrize("text, match", [
+    ("pretrain:\n  stpes: 3\n", r"my_run\.yaml \[pretrain\]: unknown key\(s\) stpes"),
+    ("shared:\n  nsd_rot: /x\n", r"my_run\.yaml \[shared\]: unknown key\(s\) nsd_rot"),
+    ("pretrian:\n  steps: 3\n", r"my_run\.yaml: unknown top-level key\(s\) pretrian"),
+    ("shared:\n  dtype: 16\n", r"my_run\.yaml \[foundation\]: key 'dtype' expected a value of type str"),
+    ("refine:\n  profile: demo\n", r"my_run\.yaml \[refine\]: key 'profile' is not a setting"),
+    ("data: [1, 2]\n", r"my_run\.yaml: section 'data' must be a mapping"),
+])
+def test_run_config_errors_name_file_section_and_key(tmp_path, text, match):
+    run = tmp_path / "my_run.yaml"
+    run.write_text(text)
+    with pytest.raises(ConfigError, match=match):  # whichever stage loads it: every section is checked
+        load_config(DataConfig, "demo", path=run)
+
+
+def test_every_profile_section_is_validated_on_every_load(tmp_path):
+    user = tmp_path / "mine.yaml"
+    user.write_text("demo:\n  sim_seed: 1\nfull:\n  nsd_roots: /data\n")
+    with pytest.raises(ConfigError, match=r"mine\.yaml \[full\]: unknown key\(s\) nsd_roots"):
+        load_config(DataConfig, "demo", path=user)  # a typo in full: fails in a demo run too
+    user.write_text("smoke:\n  profile: full\n")
+    with pytest.raises(ConfigError, match=r"\[smoke\]: key 'profile' is not a setting"):
+        load_config(DataConfig, "smoke", path=user)
+
+
+@pytest.mark.parametrize("section", list(STAGE_CONFIGS))
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_shipped_config_loads_in_every_profile(section, profile):
+    cls = config_class(section)
+    assert cls.STAGE == section
+    cfg = load_config(cls, profile)
+    assert cfg.profile == profile and config_source(cfg) is None
+
+
+def test_neurorecon_config_environment_variable_is_the_default_file(tmp_path, monkeypatch):
+    run = tmp_path / "env_run.yaml"
+    run.write_text("data:\n  sim_seed: 3\n")
+    monkeypatch.setenv("NEURORECON_CONFIG", str(run))
+    assert load_config(DataConfig, "demo").sim_seed == 3
+    monkeypatch.delenv("NEURORECON_CONFIG")
+    assert load_config(DataConfig, "demo").sim_seed == 0

@@ -71,7 +71,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m neurorecon.neuropictor.train", description=__doc__.split("\n")[0])
     p.add_argument("--stage", choices=sorted(STAGES), required=True)
     p.add_argument("--profile", default=None, help="smoke | demo | full (default $NEURORECON_PROFILE or demo)")
-    p.add_argument("--config", default=None, help="YAML of the stage config's shape applied on top of the shipped one")
+    p.add_argument("--config", default=None, help="your run config (one YAML for every stage) or a YAML of the stage config's shape")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--force", action="store_true", help="rerun even if the stage is complete with the same config")
     p.add_argument("--no-progress", action="store_true")

@@ -5,79 +5,20 @@ import shutil
 
 import pytest
 import torch
-import yaml
 
-from neurorecon.errors import DataError, MissingStageError
-from neurorecon.foundation import FoundationFilesError, load_foundation
-from neurorecon.foundation.load import IMAGE_TOKEN, check_paths
-from neurorecon.foundation.save import save_lm, save_unclip
-from neurorecon.foundation.tiny import (clip_model_config, sd_scheduler_config, tiny_clip, tiny_lm, tiny_unet,
-                                        tiny_vae, unclip_noising_scheduler, unclip_normalizer)
-
-H_WIDTH, L_EMBED = 64, 48  # "ViT-H/14" text width (1024 in full) and "ViT-L/14" image embedding dim (768 in full)
-
-
-def _clip_text_parts():
-    """A tiny transformers CLIPTextModel + CLIPTokenizer: what the real diffusers folders carry (not loaded)."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "b</w>": 3, "a": 4, "b": 5}
-    tok = CLIPTokenizer(vocab=vocab, merges=[], pad_token="<|endoftext|>")
-    te = CLIPTextModel(CLIPTextConfig(vocab_size=6, hidden_size=H_WIDTH, intermediate_size=64, num_hidden_layers=1,
-                                      num_attention_heads=2, projection_dim=H_WIDTH, bos_token_id=0,
-                                      eos_token_id=1, pad_token_id=1))
-    return te, tok
-
-
-def _write_weights(root):
-    """SD/unCLIP diffusers folders, two open_clip checkpoints (.bin and .safetensors) and an LLM folder."""
-    from diffusers import DDPMScheduler, StableDiffusionPipeline
-    from safetensors.torch import save_file
-
-    vae = tiny_vae((16, 32), seed=0)
-    unet = tiny_unet(8, H_WIDTH, (32, 64), seed=0)
-    te, tok = _clip_text_parts()
-    StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet,
-                            scheduler=DDPMScheduler.from_config(sd_scheduler_config()), safety_checker=None,
-                            feature_extractor=None, requires_safety_checker=False).save_pretrained(root / "sd21")
-    assert {"model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler"} <= {
-        p.name for p in (root / "sd21").iterdir()}
-    save_unclip(root / "unclip", tiny_unet(8, H_WIDTH, (32, 64), L_EMBED, seed=1), vae,
-                sd_scheduler_config(), unclip_normalizer(torch.randn(16, L_EMBED)), unclip_noising_scheduler())
-    # open_clip-style checkpoints: a state_dict (torch.save .bin for "H", safetensors for "L") + model config JSON
-    h_cfg = clip_model_config(image_size=32, context_length=77, width=H_WIDTH, embed_dim=H_WIDTH, layers=2)
-    clip_h, _ = tiny_clip(32, 77, H_WIDTH, H_WIDTH, 2, seed=2)
-    (root / "clip_h").mkdir()
-    torch.save(clip_h.state_dict(), root / "clip_h" / "open_clip_pytorch_model.bin")
-    (root / "clip_h" / "tiny-vit-h.json").write_text(json.dumps(h_cfg))
-    l_cfg = clip_model_config(image_size=32, context_length=77, width=32, embed_dim=L_EMBED, layers=1)
-    clip_l, _ = tiny_clip(32, 77, 32, L_EMBED, 1, seed=3)
-    (root / "clip_l").mkdir()
-    save_file({k: v.contiguous() for k, v in clip_l.state_dict().items()},
-              str(root / "clip_l" / "open_clip_model.safetensors"))
-    (root / "clip_l" / "tiny-vit-l.json").write_text(json.dumps(l_cfg))
-    # an LLM folder whose tokenizer has neither a pad token nor <image>: the loader adds both
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.train_from_iterator(["a red ball on the grass", "what colour is the ball?"] * 5,
-                            trainers.BpeTrainer(vocab_size=120, special_tokens=["<s>", "</s>", "<unk>"],
-                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    llm_tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-    save_lm(root / "llm", tiny_lm(len(llm_tok), 32, 1), llm_tok)
-    return dict(sd_path=str(root / "sd21"), unclip_path=str(root / "unclip"), clip_h_model="tiny-vit-h",
-                clip_h_checkpoint=str(root / "clip_h" / "open_clip_pytorch_model.bin"),
-                clip_h_config=str(root / "clip_h" / "tiny-vit-h.json"), clip_l_model="tiny-vit-l",
-                clip_l_checkpoint=str(root / "clip_l" / "open_clip_model.safetensors"),
-                clip_l_config=str(root / "clip_l" / "tiny-vit-l.json"), llm_path=str(root / "llm"))
+from neurorecon.artifacts import StageWriter
+from neurorecon.config import load_config
+from neurorecon.errors import DataError, MissingStageError, NeuroreconError
+from neurorecon.foundation import FoundationConfig, FoundationFilesError, load_foundation
+from neurorecon.foundation.load import (COMPONENTS, IMAGE_TOKEN, PATHS_FILE, check_paths, config_paths,
+                                        configured_components, load_from_paths)
+from tiny_weights import H_WIDTH, L_EMBED, write_weights
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     root = tmp_path_factory.mktemp("weights")
-    return root, _write_weights(root)
+    return root, write_weights(root)
 
 
 def _copy(weights, dst):
@@ -87,16 +28,21 @@ def _copy(weights, dst):
     return {k: v.replace(str(root), str(dst)) if isinstance(v, str) else v for k, v in paths.items()}
 
 
-def _yaml(tmp_path, paths):
-    f = tmp_path / "my_foundation.yaml"
-    f.write_text(yaml.safe_dump({"full": {**paths, "dtype": "float32", "device": "cpu"}}))
-    return f
+def _record_stage(paths, dtype="float32"):
+    """A complete full-profile foundation stage that checked and recorded ``paths`` (what notebook 02 leaves)."""
+    cfg = load_config(FoundationConfig, "full", overrides={**paths, "dtype": dtype, "device": "cpu"})
+    configured = configured_components(paths)
+    with StageWriter(cfg) as w:
+        keep = {k for c in configured for k in COMPONENTS[c][0]}
+        (w.path / PATHS_FILE).write_text(json.dumps({k: v for k, v in paths.items() if k in keep}))
+    return cfg
 
 
-def test_full_profile_loads_tiny_checkpoints(tmp_path, weights):
+def test_full_profile_loads_tiny_checkpoints(weights):
     paths = weights[1]
     assert check_paths(paths) == []
-    fm = load_foundation("full", config_file=_yaml(tmp_path, paths))
+    _record_stage(paths)
+    fm = load_foundation("full")  # the paths travel through the foundation stage's record
     assert fm.profile == "full" and fm.image_size == 16 and fm.latent_channels == 4
     tokens = fm.text_tokens(["a red ball", ""])
     assert tokens.shape == (2, 77, H_WIDTH) and fm.text_shape == (77, H_WIDTH)
@@ -116,12 +62,32 @@ def test_full_profile_loads_tiny_checkpoints(tmp_path, weights):
     assert tok.convert_tokens_to_ids(IMAGE_TOKEN) in ids["input_ids"][0].tolist()
     assert fm.lm(**ids).logits.shape[-1] >= len(tok)
     # with_lm=False skips the LLM
-    assert load_foundation("full", config_file=_yaml(tmp_path, paths), with_lm=False).lm is None
+    assert load_foundation("full", with_lm=False).lm is None
+
+
+def test_each_stage_loads_and_checks_only_the_components_it_uses(tmp_path, weights):
+    root = tmp_path / "w"
+    paths = _copy(weights, root)
+    shutil.rmtree(root / "llm")
+    shutil.rmtree(root / "unclip")
+    neuropictor = ("sd", "clip_h", "clip_l")
+    assert check_paths(paths, neuropictor) == []  # the missing LLM and unCLIP folders are not looked at
+    _record_stage({**paths, "llm_path": None, "unclip_path": None})
+    fm = load_foundation("full", components=neuropictor)
+    assert fm.unclip_unet is None and fm.lm is None and fm.unet is not None
+    assert fm.extras["components"] == neuropictor
+    with pytest.raises(FoundationFilesError) as err:  # NV2L asks for what the foundation stage did not record
+        load_foundation("full", components=("clip_l", "unclip", "lm"))
+    assert "unclip_path" in str(err.value) and "llm_path" in str(err.value)
+    only_text = load_from_paths(paths, components=("clip_l",))
+    assert only_text.unet is None and only_text.embed_dim == L_EMBED
+    with pytest.raises(NeuroreconError, match="needs the foundation component 'clip_h'"):
+        only_text.text_tokens(["a ball"])
 
 
 def test_missing_paths_give_one_message_listing_every_file(tmp_path, weights):
     with pytest.raises(FoundationFilesError) as err:
-        load_foundation("full")  # the shipped config names no paths
+        load_from_paths(config_paths(load_config(FoundationConfig, "full")))  # the shipped config names no paths
     msg = str(err.value)
     for key in ("sd_path", "unclip_path", "clip_h_checkpoint", "clip_l_checkpoint", "llm_path"):
         assert key in msg
@@ -134,7 +100,7 @@ def test_missing_paths_give_one_message_listing_every_file(tmp_path, weights):
     paths["clip_l_checkpoint"] = str(tmp_path / "nowhere" / "open_clip_pytorch_model.bin")
     paths["llm_path"] = str(tmp_path / "no_llm")
     with pytest.raises(FoundationFilesError) as err:
-        load_foundation("full", config_file=_yaml(tmp_path, paths))
+        load_from_paths(paths)
     msg = str(err.value)
     assert "sd21/vae/diffusion_pytorch_model.safetensors: expected the weights of the SD 2.1 AutoencoderKL" in msg
     assert "unclip/image_normalizer/config.json" in msg
@@ -163,9 +129,10 @@ def test_shape_mismatches_are_reported(tmp_path, weights):
     assert "embedding_dim == the tiny-vit-l image embedding dim 48 (found 40)" in text
     assert "in/out_channels == the VAE's latent_channels 8 (found 4/4)" in text
     with pytest.raises(FoundationFilesError, match="cross_attention_dim"):
-        load_foundation("full", config_file=_yaml(tmp_path, paths))
+        load_from_paths(paths)
 
 
-def test_demo_profile_without_stage_names_notebook_02():
-    with pytest.raises(MissingStageError, match="02_foundation_models"):
-        load_foundation("smoke")
+def test_a_profile_without_foundation_stage_names_notebook_02():
+    for profile in ("smoke", "full"):
+        with pytest.raises(MissingStageError, match="02_foundation_models"):
+            load_foundation(profile)

@@ -40,7 +40,7 @@ def _foundation(cfg, log):
     from ..foundation import load_foundation
 
     try:
-        return load_foundation(cfg.profile, device="cpu" if cfg.device == "cpu" else None, with_lm=False)
+        return load_foundation(cfg.profile, device="cpu" if cfg.device == "cpu" else None, components=("clip_l",))
     except NeuroreconError as err:
         log(f"note: no foundation models ({err}); demo-CLIP and CLIP-S are unavailable")
         return None

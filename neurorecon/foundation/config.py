@@ -20,7 +20,7 @@ class FoundationConfig(StageConfig):
 
     seed: int = 0
     device: str = "auto"            # auto = cuda if available else cpu
-    dtype: str = "float32"          # weights dtype when loading the full profile (float16/bfloat16 on GPUs)
+    dtype: str = "float32"          # dtype of the frozen foundation weights in every later stage (fp16/bf16 on GPUs)
     num_threads: Optional[int] = None  # torch CPU threads while the stage runs (null = torch's default)
 
     # --- demo CLIP (open_clip.model.CLIP, trained with open_clip.loss.ClipLoss) ---------------------------------

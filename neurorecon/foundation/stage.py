@@ -16,7 +16,8 @@ from ..data import open_store
 from ..data.stage import store_path
 from ..errors import ConfigError
 from . import evaluate as E
-from .load import config_paths, demo_paths, load_from_paths
+from .load import (COMPONENTS, PATHS_FILE, REQUIRED_COMPONENTS, config_paths, configured_components, demo_paths,
+                   load_from_paths, with_requirements)
 from .save import save_clip, save_lm, save_sd, save_unclip
 from .text import corpus, longest_caption
 from .tiny import sd_scheduler_config, unclip_noising_scheduler, unclip_normalizer
@@ -149,20 +150,23 @@ def _evaluate(cfg, fm, store, folder, w, train_texts, log):
         log(f"text-to-image ({sampler}, {cfg.sample_steps} steps, CFG {cfg.guidance_scale}, mean of "
             f"{cfg.eval_seeds} seed(s)): two-way identification against the prompts {text:.1%} "
             f"({', '.join(f'{t:.1%}' for t in texts)}), against the prompts' images {score:.1%}")
-    gen = E.generate_from_captions(fm, caps, cfg.sampler, cfg.sample_steps, cfg.guidance_scale, cfg.seed,
-                                   image_embeds=fm.image_embeds(gt, normalize=False))
-    score = E.two_way_clip(fm, gt, gen)
-    w.add_metric("unclip", "all", "test", "two_way_clip", score)
-    out["unclip"] = E.to_uint8(gen)
-    log(f"unCLIP from ground-truth image embeddings + captions: two-way identification {score:.1%}")
-    test_texts = corpus(store.annotations, test_ids)
-    ppl, count = E.lm_perplexity(fm.lm, fm.lm_tokenizer, test_texts, cfg.lm_seq_len)
-    uni = E.unigram_perplexity(fm.lm_tokenizer, train_texts, test_texts, cfg.lm_seq_len)
-    w.add_metric("lm", "all", "test", "perplexity", ppl)
-    w.add_metric("lm", "all", "test", "unigram_perplexity", uni)
-    w.add_metric("lm", "all", "test", "n_tokens", count)
-    log(f"lm: held-out perplexity {ppl:.2f} vs unigram {uni:.2f} on {count} tokens")
-    samples = E.lm_samples(fm.lm, fm.lm_tokenizer, LM_PROMPTS)
+    if fm.unclip_unet is not None:
+        gen = E.generate_from_captions(fm, caps, cfg.sampler, cfg.sample_steps, cfg.guidance_scale, cfg.seed,
+                                       image_embeds=fm.image_embeds(gt, normalize=False))
+        score = E.two_way_clip(fm, gt, gen)
+        w.add_metric("unclip", "all", "test", "two_way_clip", score)
+        out["unclip"] = E.to_uint8(gen)
+        log(f"unCLIP from ground-truth image embeddings + captions: two-way identification {score:.1%}")
+    samples = []
+    if fm.lm is not None:
+        test_texts = corpus(store.annotations, test_ids)
+        ppl, count = E.lm_perplexity(fm.lm, fm.lm_tokenizer, test_texts, cfg.lm_seq_len)
+        uni = E.unigram_perplexity(fm.lm_tokenizer, train_texts, test_texts, cfg.lm_seq_len)
+        w.add_metric("lm", "all", "test", "perplexity", ppl)
+        w.add_metric("lm", "all", "test", "unigram_perplexity", uni)
+        w.add_metric("lm", "all", "test", "n_tokens", count)
+        log(f"lm: held-out perplexity {ppl:.2f} vs unigram {uni:.2f} on {count} tokens")
+        samples = E.lm_samples(fm.lm, fm.lm_tokenizer, LM_PROMPTS)
     w.add_metric("evaluate", "all", "test", "seconds", time.time() - t0)
     w.add_metric("evaluate", "all", "test", "cpu_seconds", time.process_time() - c0)
     np.savez_compressed(folder / "eval_samples.npz", **out)
@@ -198,10 +202,19 @@ def _run(cfg, progress, log):
     with StageWriter(cfg) as w:
         store = open_store(store_path(cfg.profile))
         if cfg.profile == "full":  # load and check the real weights, then measure them like the demo ones
-            fm = load_from_paths(config_paths(cfg), "full", cfg.device, cfg.dtype)
+            paths = config_paths(cfg)
+            components = with_requirements(REQUIRED_COMPONENTS + configured_components(paths))
+            fm = load_from_paths(paths, "full", cfg.device, cfg.dtype, components=components)
+            for name in COMPONENTS:  # which optional parts later stages can use: a line each, never silent
+                w.add_metric(name, "all", "all", "configured", float(name in components))
+                if name not in components:
+                    log(f"foundation: {name} ({COMPONENTS[name][1]}) not configured: stages that need it will "
+                        f"ask for {COMPONENTS[name][0][0]}")
             for name, mod in (("unet", fm.unet), ("vae", fm.vae), ("unclip", fm.unclip_unet), ("lm", fm.lm)):
-                w.add_metric(name, "all", "all", "n_params", n_params(mod))
-            (w.path / "paths.json").write_text(json.dumps(config_paths(cfg), indent=1))
+                if mod is not None:
+                    w.add_metric(name, "all", "all", "n_params", n_params(mod))
+            keep = {k for c in components for k in COMPONENTS[c][0]}
+            (w.path / PATHS_FILE).write_text(json.dumps({k: v for k, v in paths.items() if k in keep}, indent=1))
             texts = corpus(store.annotations, split_ids(store)[0])
         else:
             texts = _train_all(cfg, store, w.path, w, log, progress)

@@ -19,6 +19,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from timm.models.vision_transformer import Block
 
+from ..devices import as_buffer
+
 __all__ = ["sincos_2d", "FMRIEncoder", "FMRIAutoencoder", "patchify", "unpatchify", "masked_mse"]
 
 
@@ -84,7 +86,7 @@ class FMRIEncoder(ModelMixin, ConfigMixin):
         self.grid = map_size // patch
         self.patch_embed = nn.Conv2d(1, width, kernel_size=patch, stride=patch)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
-        self.register_buffer("pos_embed", sincos_2d(width, self.grid, self.grid)[None], persistent=False)
+        self.register_buffer("pos_embed", as_buffer(sincos_2d(width, self.grid, self.grid)[None]), persistent=False)
         self.blocks = _blocks(width, depth, heads, mlp_ratio)
         self.norm = nn.LayerNorm(width)
         self.gradient_checkpointing = False
@@ -100,7 +102,7 @@ class FMRIEncoder(ModelMixin, ConfigMixin):
             maps = maps[:, None]
         maps = maps.to(self.patch_embed.weight.dtype)
         x = self.patch_embed(maps).flatten(2).transpose(1, 2)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed.to(x.dtype)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed.to(x.device, x.dtype)
         for blk in self.blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 x = self._gradient_checkpointing_func(blk, x)
@@ -131,7 +133,7 @@ class FMRIAutoencoder(ModelMixin, ConfigMixin):
         self.bottleneck = nn.Sequential(nn.Linear(width, bottleneck_mult * width), nn.GELU(),
                                         nn.Linear(bottleneck_mult * width, decoder_width))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_width))
-        self.register_buffer("dec_pos", sincos_2d(decoder_width, grid, grid)[None], persistent=False)
+        self.register_buffer("dec_pos", as_buffer(sincos_2d(decoder_width, grid, grid)[None]), persistent=False)
         self.dec_blocks = _blocks(decoder_width, decoder_depth, decoder_heads, mlp_ratio)
         self.dec_norm = nn.LayerNorm(decoder_width)
         self.dec_pred = nn.Linear(decoder_width, patch * patch)

@@ -21,6 +21,7 @@ from ..artifacts import StageWriter, is_complete, require_stage
 from ..config import StageConfig
 from ..data import open_store
 from ..data.stage import store_path
+from ..devices import stage_device, to_module
 from ..training import fit, make_accelerator
 from .data import StackedMaps, check_flat, pretraining_arrays, visual_mask
 from .model import FMRIAutoencoder, FMRIEncoder, masked_mse
@@ -76,12 +77,19 @@ def build_autoencoder(cfg, map_size, seed=None):
 
 
 @torch.no_grad()
-def reconstruct(model, maps, batch_size=256):
-    """Autoencoder reconstructions (n, H, W) float32 of maps (n, H, W)."""
+def reconstruct_tensor(model, maps, batch_size=256):
+    """Autoencoder reconstructions as a float32 CPU tensor (n, H, W): each batch of ``maps`` (a CPU array, as the
+    store holds them) goes to the model's device and dtype."""
     model.eval()
-    out = [model(torch.from_numpy(np.asarray(maps[i:i + batch_size], dtype=np.float32))).float()
-           for i in range(0, len(maps), batch_size)]
-    return torch.cat(out).numpy()
+    with torch.no_grad():
+        out = [model(to_module(np.asarray(maps[i:i + batch_size], dtype=np.float32), model)).float().cpu()
+               for i in range(0, len(maps), batch_size)]
+    return torch.cat(out)
+
+
+def reconstruct(model, maps, batch_size=256):
+    """Autoencoder reconstructions (n, H, W) float32 of maps (n, H, W), as a numpy array."""
+    return reconstruct_tensor(model, maps, batch_size).numpy()
 
 
 def reconstruction_r2(maps, recon, mask):
@@ -119,8 +127,8 @@ def run_encoding_stage(cfg, force=False, progress=True):
     arrays, counts = pretraining_arrays(store, train_subjects, cfg.use_resting, cfg.use_trials)
     data = StackedMaps(arrays)
     model = build_autoencoder(cfg, size)
-    mask_t = torch.from_numpy(mask)
     acc = make_accelerator(cfg.mixed_precision)
+    mask_t = torch.from_numpy(mask).to(stage_device(acc))
     ckpt = checkpoint_dir(cfg)
     cpu0 = time.process_time()
     result = fit(model, lambda m, b, g: masked_mse(m(b["maps"]), b["maps"], mask_t), data, steps=cfg.steps,

@@ -30,12 +30,12 @@ from typing import Callable
 
 import torch
 
+from ..devices import resolve_device
 from ..errors import DataError
 from .images import ANTIALIAS, protocol_resize
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "CLIP_MEAN", "CLIP_STD", "NETWORK_SPECS", "MetricNetwork",
-           "MetricNetworks", "load_metric_networks", "load_state_dict", "build_network", "demo_clip_network",
-           "resolve_device"]
+           "MetricNetworks", "load_metric_networks", "load_state_dict", "build_network", "demo_clip_network"]
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -53,13 +53,6 @@ NETWORK_SPECS = {
     "swav": ("a SwAV ResNet-50 state_dict (swav_800ep_pretrain.pth.tar)", 224, {"SwAV": ("avgpool",
                                                                                        "corr_distance")}),
 }
-
-
-def resolve_device(device):
-    """``auto`` → ``cuda`` if available else ``cpu``."""
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 @dataclasses.dataclass

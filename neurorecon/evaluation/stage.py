@@ -42,7 +42,8 @@ import yaml
 
 from .. import paths
 from ..artifacts import StageWriter, is_complete, require_stage
-from ..config import StageConfig, load_config
+from ..config import StageConfig, config_source, load_config
+from ..devices import stage_device
 from ..errors import ConfigError
 from ..metrics import derangement
 from .config import EvaluationConfig
@@ -60,6 +61,10 @@ METHOD_LABELS = {"neuropictor": "NeuroPictor", "neuropictor_pretrain": "NeuroPic
 _INPUTS = {"neuropictor": "flat", "neuropictor_pretrain": "flat", "nv2l": "common", "ridge": "betas"}
 _NEEDS = {"neuropictor": "refine", "neuropictor_pretrain": "pretrain", "nv2l": "language", "ridge": None}
 SHUFFLED = " (shuffled fMRI)"
+#: What reconstruction uses of the foundation: SD 2.1 (NeuroPictor, ridge), its text encoder, CLIP ViT-L/14
+#: (metrics, NV2L's embedding space) and Stable unCLIP (NV2L). Not the foundation's LLM: the brain LLaVA
+#: carries its own fine-tuned one.
+COMPONENTS = ("sd", "clip_h", "clip_l", "unclip")
 #: Method key → the parameters swept on it (config lists: control_scales, guidance_scales, betas, strengths,
 #: samplers). A sampler setting "ddim:50" is recorded as parameter "ddim steps", setting 50, with its seconds.
 SWEEPS = {"neuropictor": ("control_scale", "guidance_scale", "sampler"), "nv2l": ("beta", "sampler"),
@@ -106,8 +111,9 @@ class ReconstructionConfig(StageConfig):
     num_threads: Optional[int] = None
 
     def evaluation(self):
-        """The :class:`EvaluationConfig` of this profile (with ``evaluation_file`` applied)."""
-        return load_config(EvaluationConfig, self.profile, path=self.evaluation_file)
+        """The :class:`EvaluationConfig` of this profile with ``evaluation_file`` applied, else the run config this
+        config came from (its ``evaluation`` section)."""
+        return load_config(EvaluationConfig, self.profile, path=self.evaluation_file or config_source(self))
 
     def digest(self):
         blob = json.dumps([self.to_dict(), self.evaluation().to_dict()], sort_keys=True, default=str).encode()
@@ -152,8 +158,10 @@ class _Method:
             from ..nv2l import BrainLlava, ViT3D
 
             lang = require_stage("language", cfg.profile)
-            self.encoder = ViT3D.from_pretrained(lang / "vit3d")
-            self.llava = BrainLlava.from_pretrained(lang / "brain_llava") if cfg.nv2l_prompt else None
+            # on the foundation's device; the brain LLaVA's LLM in the foundation's (frozen) dtype
+            self.encoder = ViT3D.from_pretrained(lang / "vit3d", fm.device)
+            self.llava = BrainLlava.from_pretrained(lang / "brain_llava", fm.device, fm.extras.get("dtype")) \
+                if cfg.nv2l_prompt else None
             self.prompts = None
         elif key == "ridge":
             from ..baselines import fit_subject_ridge
@@ -243,7 +251,7 @@ def run_reconstruction_stage(cfg, force=False, fm=None, log=print):
     force : bool
         Rerun even if complete with the same config (and evaluation settings).
     fm : Foundation, optional
-        Default ``load_foundation(cfg.profile, with_lm=False)``.
+        Default ``load_foundation(cfg.profile, components=COMPONENTS)`` on the accelerator's device.
     log : callable
     """
     folder = paths.stage_dir(cfg.STAGE, cfg.profile)
@@ -273,7 +281,9 @@ def _run(cfg, fm, log):
     if fm is None:
         from ..foundation import load_foundation
 
-        fm = load_foundation(cfg.profile, with_lm=False)
+        from ..training import make_accelerator
+
+        fm = load_foundation(cfg.profile, device=stage_device(make_accelerator()), components=COMPONENTS)
     ev = cfg.evaluation()
     nets = load_metric_networks(ev, fm)
     variants = ["averaged"] + (["single-trial"] if cfg.single_trial else [])

@@ -123,15 +123,18 @@ class Foundation:
 
     @torch.no_grad()
     def text_embeds(self, texts):
-        return self.text_embeds_fn(list(texts))
+        """L2-normalised CLIP text embeddings (n, E), float32 on the CPU (for metrics and retrieval)."""
+        return self.text_embeds_fn(list(texts)).float().cpu()
 
     # --- images -----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def image_embeds(self, images, normalize=True, batch_size=256):
-        """CLIP image embeddings (n, E) of uint8 (n, H, W, 3) arrays or float (n, 3, H, W) tensors in [0, 1]."""
+        """CLIP image embeddings (n, E) of uint8 (n, H, W, 3) arrays or float (n, 3, H, W) tensors in [0, 1]; float32
+        on the CPU, whatever the device and dtype of the CLIP model (for metrics, retrieval, targets)."""
         out = []
         for i in range(0, len(images), batch_size):
-            out.append(self.image_embeds_fn(to_float_images(images[i:i + batch_size], device=self.device)).float())
+            out.append(self.image_embeds_fn(to_float_images(images[i:i + batch_size], device=self.device))
+                       .float().cpu())
         emb = torch.cat(out)
         return F.normalize(emb, dim=-1) if normalize else emb
 

@@ -170,30 +170,40 @@ def tiny_lm(vocab_size, hidden=64, layers=2, seed=0, max_positions=256):
     return LlamaForCausalLM(cfg)
 
 
-def tiny_random_foundation(image_size=32, seed=0, texts=DEFAULT_TEXTS, with_lm=True):
-    """A complete, untrained :class:`Foundation` of tiny components (for tests of later stages)."""
+def tiny_random_foundation(image_size=32, seed=0, texts=DEFAULT_TEXTS, with_lm=True, device="cpu", dtype="float32"):
+    """A complete, untrained :class:`Foundation` of tiny components (for tests of later stages).
+
+    The frozen parts are put on ``device`` in ``dtype`` (the unCLIP normaliser's statistics stay float32), as
+    :func:`neurorecon.foundation.load_foundation` does with real weights. Built inside ``with torch.device(d)``
+    the components are created there directly (the fake-CUDA device tests)."""
+    from ..devices import cast_module
+
     clip, tokenizer = tiny_clip(image_size=image_size, seed=seed)
     clip.eval().requires_grad_(False)
     vae = tiny_vae(seed=seed)
     with torch.no_grad():
         gen = torch.Generator().manual_seed(seed)
-        calib = clip_image_embeds(clip, torch.rand(8, 3, image_size, image_size, generator=gen), normalize=False)
+        calib = clip_image_embeds(clip, torch.rand(8, 3, image_size, image_size, generator=gen, device="cpu")
+                                  .to(clip.logit_scale.device), normalize=False)
     latent = image_size // 2
     width = clip.transformer.width
     embed = clip.text_projection.shape[1]
+    unet = tiny_unet(latent, width, seed=seed)
+    unclip = tiny_unet(latent, width, image_embed_dim=embed, seed=seed + 1)
+    clip, vae, unet, unclip = (cast_module(m, device, dtype) for m in (clip, vae, unet, unclip))
     lm = lm_tok = None
     if with_lm:
         lm_tok = train_bpe_tokenizer(texts)
-        lm = tiny_lm(len(lm_tok), seed=seed)
+        lm = cast_module(tiny_lm(len(lm_tok), seed=seed), device, dtype)
     return Foundation(
         profile="test", image_size=image_size,
-        text_tokens_fn=lambda t: clip_text_tokens(clip, tokenizer, t),
-        text_embeds_fn=lambda t: clip_text_embeds(clip, tokenizer, t),
-        image_embeds_fn=lambda x: clip_image_embeds(clip, x, normalize=False),
-        vae=vae, unet=tiny_unet(latent, width, seed=seed), scheduler_config=sd_scheduler_config(),
-        unclip_unet=tiny_unet(latent, width, image_embed_dim=embed, seed=seed + 1),
-        unclip_normalizer=unclip_normalizer(calib), unclip_noising_scheduler=unclip_noising_scheduler(),
+        text_tokens_fn=lambda t: clip_text_tokens(clip, tokenizer, t, device).float(),
+        text_embeds_fn=lambda t: clip_text_embeds(clip, tokenizer, t, device).float(),
+        image_embeds_fn=lambda x: clip_image_embeds(clip, x.to(device), normalize=False),
+        vae=vae, unet=unet, scheduler_config=sd_scheduler_config(), unclip_unet=unclip,
+        unclip_normalizer=cast_module(unclip_normalizer(calib), device), device=device,
+        unclip_noising_scheduler=unclip_noising_scheduler(),
         lm=lm, lm_tokenizer=lm_tok, names=dict(clip="tiny-random-clip", vae="tiny-random-vae",
                                                 unet="tiny-random-unet", lm="tiny-random-llama"),
-        extras=dict(clip_text=clip, clip_image=clip, clip_tokenizer=tokenizer),
+        extras=dict(clip_text=clip, clip_image=clip, clip_tokenizer=tokenizer, dtype=dtype),
     ).frozen()

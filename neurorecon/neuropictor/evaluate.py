@@ -6,6 +6,7 @@ import dataclasses
 import numpy as np
 import torch
 
+from ..devices import cast_module
 from ..metrics import derangement
 from .controlnet import FMRIControlNetModel
 from .heads import FMRIConditioner
@@ -35,8 +36,12 @@ def save_model(model, folder):
 
 
 def pipeline_from_model(fm, conditioner, controlnet, scheduler="ddim"):
-    """A :class:`NeuroPictorPipeline` from the foundation's VAE/UNet and trained fMRI parts."""
-    pipe = NeuroPictorPipeline(vae=fm.vae, unet=fm.unet, controlnet=controlnet.eval(), conditioner=conditioner.eval(),
+    """A :class:`NeuroPictorPipeline` from the foundation's VAE/UNet and trained fMRI parts.
+
+    The trained parts are moved to the foundation's device explicitly (they keep their float32 weights; the
+    pipeline feeds every model its inputs in its own dtype)."""
+    pipe = NeuroPictorPipeline(vae=fm.vae, unet=fm.unet, controlnet=cast_module(controlnet, fm.device),
+                               conditioner=cast_module(conditioner, fm.device),
                                scheduler=make_scheduler(scheduler, fm.scheduler_config))
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
+from ..devices import as_buffer
 from .controlnet import FMRIControlNetModel
 from .heads import FMRIConditioner
 
@@ -48,7 +49,7 @@ class NeuroPictorModel(nn.Module):
         sched = DDPMScheduler.from_config(scheduler_config)
         self.num_train_timesteps = sched.config.num_train_timesteps
         self.prediction_type = sched.config.prediction_type
-        self.register_buffer("alphas_cumprod", sched.alphas_cumprod.float().clone(), persistent=False)
+        self.register_buffer("alphas_cumprod", as_buffer(sched.alphas_cumprod.float().clone()), persistent=False)
         self.cfg_mask_prob = float(cfg_mask_prob)
         self.semantic_weight = float(semantic_weight)
         self.last_losses = {}
@@ -75,8 +76,10 @@ class NeuroPictorModel(nn.Module):
         a = self.alphas_cumprod[t].view(n, 1, 1, 1)
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
         down, mid = self.controlnet(noisy, t, encoder_hidden_states=ctx, controlnet_cond=tokens, return_dict=False)
-        pred = self.unet(noisy, t, encoder_hidden_states=ctx, down_block_additional_residuals=down,
-                         mid_block_additional_residual=mid).sample
+        frozen = self.unet.dtype  # the frozen UNet may be fp16/bf16: its inputs are cast (gradients pass through)
+        pred = self.unet(noisy.to(frozen), t, encoder_hidden_states=ctx.to(frozen),
+                         down_block_additional_residuals=[d.to(frozen) for d in down],
+                         mid_block_additional_residual=mid.to(frozen)).sample
         target = noise if self.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * latents
         loss = F.mse_loss(pred.float(), target)
         self.last_losses = {"diffusion": loss.detach()}

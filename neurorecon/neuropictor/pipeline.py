@@ -91,15 +91,16 @@ class NeuroPictorPipeline(DiffusionPipeline):
         ImagePipelineOutput (``.images``) or a tuple
         """
         device = self._execution_device
-        dtype = self.unet.dtype
+        dtype = self.unet.dtype  # the frozen parts' dtype; the trained conditioner/ControlNet keep their own
+        c_dtype = self.controlnet.dtype
         maps = torch.as_tensor(np.asarray(fmri, dtype=np.float32) if not torch.is_tensor(fmri) else fmri)
-        maps = maps.to(device=device, dtype=torch.float32)
+        maps = maps.to(device=self.conditioner.device, dtype=self.conditioner.dtype)
         n = maps.shape[0]
-        tokens, ctx, _ = self.conditioner(maps.to(self.conditioner.dtype))
-        tokens, ctx = tokens.to(dtype), ctx.to(dtype)
+        tokens, ctx, _ = self.conditioner(maps)
+        tokens, ctx = tokens.to(device), ctx.to(device)
         cfg = guidance_scale > 1.0
         if cfg:
-            empty = self.conditioner.empty_context.to(device=device, dtype=dtype).expand(n, -1, -1)
+            empty = self.conditioner.empty_context.to(device=device, dtype=ctx.dtype).expand(n, -1, -1)
             ctx = torch.cat([empty, ctx])
             tokens = torch.cat([tokens, tokens])
         size = self.controlnet.config.latent_size
@@ -113,11 +114,13 @@ class NeuroPictorPipeline(DiffusionPipeline):
             x = torch.cat([latents, latents]) if cfg else latents
             x = self.scheduler.scale_model_input(x, t)
             res = {}
-            if control_scale != 0:
-                down, mid = self.controlnet(x, t, encoder_hidden_states=ctx, controlnet_cond=tokens,
+            if control_scale != 0:  # each model gets its inputs in its own dtype, the residuals in the UNet's
+                down, mid = self.controlnet(x.to(c_dtype), t, encoder_hidden_states=ctx.to(c_dtype),
+                                            controlnet_cond=tokens.to(c_dtype),
                                             conditioning_scale=float(control_scale), return_dict=False)
-                res = dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
-            eps = self.unet(x, t, encoder_hidden_states=ctx, **res).sample
+                res = dict(down_block_additional_residuals=[d.to(dtype) for d in down],
+                           mid_block_additional_residual=mid.to(dtype))
+            eps = self.unet(x, t, encoder_hidden_states=ctx.to(dtype), **res).sample
             if cfg:
                 uncond, cond = eps.chunk(2)
                 eps = uncond + guidance_scale * (cond - uncond)

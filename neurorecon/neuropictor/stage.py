@@ -32,6 +32,7 @@ from ..artifacts import StageWriter, is_complete, read_marker, read_metrics, req
 from ..config import StageConfig
 from ..data import open_store
 from ..data.stage import store_path
+from ..devices import check_precision, module_dtype, stage_device, to_module
 from ..encoding import load_encoder
 from ..errors import ConfigError
 from ..training import fit, make_accelerator
@@ -106,11 +107,16 @@ def sample_settings(cfg):
                           cfg.eval_seed, cfg.eval_batch)
 
 
-def load_stage_foundation(profile):
-    """The frozen foundation of a profile (without the language model)."""
+#: What NeuroPictor uses of the foundation: SD 2.1 (UNet, VAE, schedule), its text encoder (semantic targets, the
+#: empty prompt) and CLIP ViT-L/14 (the validation metric). Not the unCLIP model, not the LLM.
+COMPONENTS = ("sd", "clip_h", "clip_l")
+
+
+def load_stage_foundation(profile, device=None):
+    """The frozen foundation parts NeuroPictor uses (:data:`COMPONENTS`), on ``device``, in the configured dtype."""
     from ..foundation import load_foundation
 
-    return load_foundation(profile, with_lm=False)
+    return load_foundation(profile, device=device, components=COMPONENTS)
 
 
 def stage_checkpoint_dir(cfg, upstream):
@@ -128,7 +134,9 @@ def _setup(cfg, foundation):
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     acc = make_accelerator(cfg.mixed_precision)
-    return acc, foundation or load_stage_foundation(cfg.profile), open_store(store_path(cfg.profile))
+    fm = foundation or load_stage_foundation(cfg.profile, stage_device(acc))
+    check_precision(module_dtype(fm.unet), cfg.mixed_precision, f"{cfg.STAGE} config ({cfg.profile})")
+    return acc, fm, open_store(store_path(cfg.profile))
 
 
 def train_neuropictor(model, data, fm, *, steps, batch_size, lr, weight_decay, seed, ckpt_dir, ckpt_every,
@@ -168,12 +176,18 @@ def _eval_set(store, subject, n_eval):
     return ids, np.asarray(sub.test_flat[:n], dtype=np.float32), gt
 
 
+def semantic_error(fm, conditioner, store, ids, maps):
+    """Squared error (n, L, D) between the main semantic head's output for ``maps`` (a CPU array, as the stages
+    hold them) and the text tokens of each image's first caption, on the conditioner's device."""
+    with torch.no_grad():
+        _, _, main = conditioner(to_module(maps, conditioner))
+        target = fm.text_tokens([store.annotations[int(i)]["captions"][0] for i in ids]).to(main.device)
+    return (main.float() - target.float()) ** 2
+
+
 def _semantic_mse(fm, conditioner, store, ids, maps):
     """Mean squared error between the main semantic head's output and the first caption's text tokens."""
-    with torch.no_grad():
-        _, _, main = conditioner(torch.from_numpy(maps))
-        target = fm.text_tokens([store.annotations[int(i)]["captions"][0] for i in ids])
-    return float(torch.mean((main.float() - target.float()) ** 2))
+    return float(semantic_error(fm, conditioner, store, ids, maps).mean())
 
 
 def _evaluate(fm, pipe, store, subject, cfg, method, w, saved):

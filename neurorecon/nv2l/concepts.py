@@ -15,13 +15,15 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from ..devices import to_module
+
 __all__ = ["concept_evidence", "gradcam", "voxel_map", "ablate", "ablation_check", "volume_from_voxels"]
 
 
 def concept_evidence(model, voxels, text_embeds):
     """Cosine(predicted CLIP embedding, text embedding) per row (differentiable)."""
-    pred = model.unstandardise(model(voxels))["clip"]
-    return F.cosine_similarity(pred, text_embeds.to(pred.dtype), dim=-1)
+    pred = model.unstandardise(model(to_module(voxels, model)))["clip"]
+    return F.cosine_similarity(pred, text_embeds.to(pred.device, pred.dtype), dim=-1)
 
 
 def gradcam(model, voxels, text_embeds):
@@ -39,12 +41,12 @@ def gradcam(model, voxels, text_embeds):
     Tensor (b, n_patches), non-negative
     """
     model.eval()
-    x = torch.as_tensor(voxels, dtype=torch.float32)
+    x = to_module(voxels, model)  # on the model's device and in its dtype, wherever the voxels came from
     depth = len(model.blocks)
     with torch.enable_grad():
         h = model.run_blocks(model.embed(x), 0, depth - 1).detach().requires_grad_(True)
         out = model.unstandardise(model.heads(model.run_blocks(h, depth - 1)))["clip"]
-        score = F.cosine_similarity(out, text_embeds.to(out.dtype).expand_as(out), dim=-1).sum()
+        score = F.cosine_similarity(out, text_embeds.to(out.device, out.dtype).expand_as(out), dim=-1).sum()
         (grad,) = torch.autograd.grad(score, h)
     weights = grad[:, 1:].mean(1, keepdim=True)
     return torch.relu((weights * h[:, 1:]).sum(-1)).detach()
@@ -52,20 +54,18 @@ def gradcam(model, voxels, text_embeds):
 
 def voxel_map(model, cam):
     """Per-patch maps (b, n_patches) → per-voxel maps (b, V)."""
-    return cam[:, torch.as_tensor(model.grid.voxel_patch)]
+    return cam[:, torch.as_tensor(model.grid.voxel_patch, device=cam.device)]
 
 
 def ablate(model, voxels, mask):
     """Set voxels where ``mask`` (b, V) is true to their training mean (zero after z-scoring)."""
-    x = torch.as_tensor(voxels, dtype=torch.float32).clone()
-    mean = model.voxel_mean.to(x.dtype).expand_as(x)
-    x[mask] = mean[mask]
-    return x
+    x = to_module(voxels, model)
+    return torch.where(mask.to(x.device), model.voxel_mean.to(x.dtype).expand_as(x), x)
 
 
 def _top_mask(maps, k, rng):
     # ties (all voxels of a cube share a value) are broken at random
-    jitter = torch.from_numpy(rng.random(maps.shape)).to(maps.dtype) * 1e-9 * (maps.abs().max() + 1)
+    jitter = torch.from_numpy(rng.random(maps.shape)).to(maps.device, maps.dtype) * 1e-9 * (maps.abs().max() + 1)
     idx = torch.topk(maps + jitter, k, dim=1).indices
     mask = torch.zeros_like(maps, dtype=torch.bool)
     mask.scatter_(1, idx, True)
@@ -94,7 +94,7 @@ def ablation_check(model, voxels, text_embeds, fraction=0.1, n_random=5, seed=0)
         Per case: ``evidence``, ``evidence_located``, ``evidence_random``, ``drop_located``, ``drop_random``.
     """
     rng = np.random.default_rng(seed)
-    x = torch.as_tensor(voxels, dtype=torch.float32)
+    x = to_module(voxels, model)
     V = x.shape[1]
     k = max(1, int(round(fraction * V)))
     maps = voxel_map(model, gradcam(model, x, text_embeds))
@@ -104,9 +104,9 @@ def ablation_check(model, voxels, text_embeds, fraction=0.1, n_random=5, seed=0)
     for _ in range(n_random):
         mask = torch.zeros_like(maps, dtype=torch.bool)
         for r in range(len(mask)):
-            mask[r, torch.from_numpy(rng.choice(V, k, replace=False))] = True
+            mask[r, torch.from_numpy(rng.choice(V, k, replace=False)).to(mask.device)] = True
         rand.append(concept_evidence(model, ablate(model, x, mask), text_embeds))
-    rand = torch.stack(rand).mean(0)
+    base, located, rand = (v.float().cpu() for v in (base, located, torch.stack(rand).mean(0)))
     return pd.DataFrame(dict(evidence=base.numpy(), evidence_located=located.numpy(), evidence_random=rand.numpy(),
                              drop_located=(base - located).numpy(), drop_random=(base - rand).numpy()))
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..devices import torch_dtype
 from ..errors import ConfigError, DataError
 from ..training import ArrayBatches, fit
 from .vit3d import ViT3D, mlp_head
@@ -265,8 +266,9 @@ class BrainLlava(nn.Module):
         return folder
 
     @classmethod
-    def from_pretrained(cls, folder, device="cpu"):
-        """Load a folder written by :meth:`save_pretrained`."""
+    def from_pretrained(cls, folder, device="cpu", dtype=None):
+        """Load a folder written by :meth:`save_pretrained` onto ``device``; the LM's weights in ``dtype`` (a
+        config name or torch dtype; default as saved), the encoder and projector in float32."""
         from safetensors.torch import load_file
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -278,7 +280,8 @@ class BrainLlava(nn.Module):
         cfg = json.loads((folder / "config.json").read_text())
         encoder = ViT3D.from_pretrained(folder / "encoder", device)
         with _quiet_transformers():
-            lm = AutoModelForCausalLM.from_pretrained(str(folder / "lm")).to(device).eval()
+            lm = AutoModelForCausalLM.from_pretrained(str(folder / "lm"), dtype=torch_dtype(dtype) if dtype else "auto")
+            lm = lm.to(device).eval()
             tok = AutoTokenizer.from_pretrained(str(folder / "lm"))
         model = cls(encoder, lm, tok, cfg["feature_layer"])
         model.projector.load_state_dict(load_file(str(folder / "projector.safetensors")))

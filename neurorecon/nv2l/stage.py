@@ -29,7 +29,9 @@ import torch
 from .. import paths
 from ..artifacts import StageWriter, is_complete
 from ..config import StageConfig
+from ..devices import stage_device
 from ..errors import ConfigError
+from ..training import make_accelerator
 from .baselines import fit_ridge, nearest_captions
 from .captions import METRICS, UNAVAILABLE, CaptionScorer
 from .concepts import ablation_check, concept_evidence
@@ -43,6 +45,9 @@ __all__ = ["LanguageConfig", "run_language_stage", "checkpoint_dir", "load_lm", 
            "qa_table"]
 
 METHODS = ("brain_llava", "nn_caption", "shuffled_fmri")
+#: What the language stage uses of the foundation: CLIP ViT-L/14 (targets, concepts), SD's VAE (latent targets),
+#: the LLM. Not the unCLIP model (notebook 07 samples with it).
+COMPONENTS = ("sd", "clip_h", "clip_l", "lm")
 
 
 @dataclasses.dataclass
@@ -222,7 +227,7 @@ def _evaluate_concepts(w, cfg, fm, encoder, store, subjects):
                              cfg.concept_random_draws, cfg.seed + s)
         # Is the evidence concept-specific? present vs absent concepts of the same fMRI.
         with torch.no_grad():
-            ev = torch.stack([concept_evidence(encoder, torch.from_numpy(x), t.expand(len(x), -1)) for t in text], 1)
+            ev = torch.stack([concept_evidence(encoder, x, t.expand(len(x), -1)) for t in text], 1).float().cpu()
         present = np.zeros(ev.shape, dtype=bool)
         for k, i in enumerate(ids):
             for c in {o["category"] for o in scene_objects(store.annotations[int(i)], size)}:
@@ -286,7 +291,9 @@ def _run(cfg, fm, progress, log):
     if fm is None:
         from ..foundation import load_foundation
 
-        fm = load_foundation(cfg.profile)  # raises naming notebook 02 if the foundation stage is missing
+        # on the device every process trains on; raises naming notebook 02 if the foundation stage is missing
+        fm = load_foundation(cfg.profile, device=stage_device(make_accelerator(cfg.mixed_precision)),
+                             components=COMPONENTS)
     subjects = list(cfg.subjects or store.subjects)
     eval_subjects = list(cfg.eval_subjects or subjects)
     size = store.meta["image_size"]

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..devices import as_buffer
+
 __all__ = ["PatchGrid", "ViT3D", "mlp_head"]
 
 
@@ -110,8 +112,8 @@ class ViT3D(nn.Module):
                            latent_shape=[int(s) for s in latent_shape], dropout=float(dropout))
         self.grid = PatchGrid(grid_shape, union_ijk, patch_size)
         V, n_lat = self.grid.n_voxels, int(np.prod(latent_shape))
-        self.register_buffer("union_ijk", torch.as_tensor(np.asarray(union_ijk), dtype=torch.int64))
-        self.register_buffer("patch_index", torch.from_numpy(self.grid.index), persistent=False)
+        self.register_buffer("union_ijk", as_buffer(np.asarray(union_ijk), torch.int64))
+        self.register_buffer("patch_index", as_buffer(self.grid.index), persistent=False)
         for name, size in (("voxel", V), ("clip", clip_dim), ("latent", n_lat)):
             self.register_buffer(f"{name}_mean", torch.zeros(size))
             self.register_buffer(f"{name}_std", torch.ones(size))

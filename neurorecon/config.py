@@ -27,7 +27,7 @@ import yaml
 from .errors import ConfigError
 
 __all__ = ["PROFILES", "STAGE_CONFIGS", "SHARED", "StageConfig", "load_config", "config_from_dict", "default_profile",
-           "default_config_file", "config_source", "config_class", "is_run_config"]
+           "default_config_file", "config_source", "config_class", "is_run_config", "quality_checks"]
 
 PROFILES = ("smoke", "demo", "full")
 _CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -148,6 +148,13 @@ def config_class(section):
 
     module, name = STAGE_CONFIGS[section].split(":")
     return getattr(importlib.import_module(module), name)
+
+
+def quality_checks(profile, check_results=None):
+    """Whether a notebook asserts the quality of its results (losses fall, real fMRI beats shuffled, ...): in every
+    profile but ``smoke`` (whose models train for seconds), unless ``check_results`` says otherwise (False for the
+    plumbing runs: the dry run and the tiny full-profile chain, whose models are random or barely trained)."""
+    return profile != "smoke" if check_results is None else bool(check_results)
 
 
 def default_config_file():

@@ -46,12 +46,14 @@ def _print_failure(err, executed):
     print(f"--- executed copy with all outputs: {executed}")
 
 
-def reproduce(profile="demo", start=None, force=False, log=print, config_file=None):
+def reproduce(profile="demo", start=None, force=False, log=print, config_file=None, check_results=None):
     """Run every numbered notebook for a profile; returns 0 on success, 1 at the first failure.
 
     ``config_file`` is the user's run config (see :func:`neurorecon.config.load_config`): it is validated whole
     before anything runs, passed to every notebook's ``config_file`` parameter and set as
-    ``$NEURORECON_CONFIG`` for the kernels.
+    ``$NEURORECON_CONFIG`` for the kernels. ``check_results=False`` turns the notebooks' assertions on the
+    quality of the results off (:func:`neurorecon.config.quality_checks`; the plumbing runs: ``make dryrun`` and
+    the tiny full-profile chain of the tests); their assertions on what was produced stay.
     """
     import papermill as pm
 
@@ -66,7 +68,10 @@ def reproduce(profile="demo", start=None, force=False, log=print, config_file=No
     else:
         os.environ.pop("NEURORECON_CONFIG", None)
     try:
-        return _run_notebooks(pm, profile, start, force, log, config_file)
+        params = {"profile": profile, "config_file": config_file}
+        if check_results is not None:
+            params["check_results"] = bool(check_results)
+        return _run_notebooks(pm, profile, start, force, log, config_file, params)
     finally:
         for key, value in saved.items():
             if value is None:
@@ -75,7 +80,7 @@ def reproduce(profile="demo", start=None, force=False, log=print, config_file=No
                 os.environ[key] = value
 
 
-def _run_notebooks(pm, profile, start, force, log, config_file):
+def _run_notebooks(pm, profile, start, force, log, config_file, params):
     out_dir = paths.home() / "executed" / profile
     out_dir.mkdir(parents=True, exist_ok=True)
     timings = []
@@ -98,7 +103,7 @@ def _run_notebooks(pm, profile, start, force, log, config_file):
         log(f"[run ] {nb.name} (profile {profile}) -> {executed}{note}")
         t0 = time.time()
         try:
-            pm.execute_notebook(str(nb), str(executed), parameters={"profile": profile, "config_file": config_file},
+            pm.execute_notebook(str(nb), str(executed), parameters=params,
                                 kernel_name="python3", cwd=str(nb.parent), progress_bar=False)
         except pm.PapermillExecutionError as err:
             _print_failure(err, executed)

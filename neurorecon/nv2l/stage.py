@@ -128,9 +128,10 @@ def load_lm(cfg, fm):
         return AutoModelForCausalLM.from_pretrained(str(path)), AutoTokenizer.from_pretrained(str(path))
     if fm.lm is None or fm.lm_tokenizer is None:
         raise ConfigError("the foundation has no language model (load it with with_lm=True) and lm_path is null")
-    if not cfg.lm_copy:
-        return fm.lm, fm.lm_tokenizer
-    return copy.deepcopy(fm.lm), copy.deepcopy(fm.lm_tokenizer)
+    lm, tok = (fm.lm, fm.lm_tokenizer) if not cfg.lm_copy else (copy.deepcopy(fm.lm), copy.deepcopy(fm.lm_tokenizer))
+    if not cfg.lora_r:  # every weight is trained: trainable parts in float32 (AdamW on fp16 weights diverges)
+        lm = lm.float()
+    return lm, tok
 
 
 def _check_cfg(cfg):

@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.neurorecon-installed
 
-.PHONY: reproduce test test-browser bench venv clean-home
+.PHONY: reproduce test test-gpu test-browser bench venv clean-home
 
 venv: $(STAMP)
 
@@ -24,10 +24,14 @@ reproduce: $(STAMP)
 
 ## pytest on the package, then every notebook under nbval in the smoke profile, in a temporary home.
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider -m "not browser" tests
+	$(PY) -m pytest -q -p no:cacheprovider -m "not browser and not gpu" tests
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
 	  NEURORECON_HOME=$$tmp/home NEURORECON_FIGURES=$$tmp/figures NEURORECON_PROFILE=smoke \
 	  $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env notebooks/
+
+## The smoke chain on a real GPU with fp16 and bf16 frozen weights (a few minutes; skipped with a line without CUDA).
+test-gpu: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -rs -m gpu tests/gpu
 
 ## JupyterLab in headless Chromium (Debian chromium + chromium-driver, installed here when apt is available).
 test-browser: $(STAMP)

@@ -2,14 +2,19 @@
 
 A flat map ``(H, W)`` (zeros outside the visual-cortex mask) is cut into ``patch × patch`` patches; each patch is
 linearly embedded, a learned CLS token is prepended, fixed 2-D sin-cos positions are added (the CLS position is
-zero, as in MAE) and standard ViT blocks (timm ``Block``, MLP ratio 4) follow, then a final LayerNorm. The output
+zero, as in MAE) and standard ViT blocks (timm ``Block``, MLP ratio 4) follow, then a final LayerNorm. The
+positions follow MAE's channel order exactly (first half: the patch's column, second half: its row; each half
+sin then cos), so NeuroPictor's released encoder can be imported; they are saved with the weights (a persistent
+buffer), so a model reloaded by ``from_pretrained`` uses the positions it was trained with. The output
 is the whole token sequence ``(n, 1 + (H/patch)·(W/patch), width)``: CLS first, then the patches in row-major
 order. Full profile: 256×256 maps, patch 16 → 257 tokens of width 1024.
 
 Pretraining (:class:`FMRIAutoencoder`): the CLS token alone passes a ``width → 2·width`` bottleneck; the decoder
 sees that one vector plus one learned mask token per patch (with the same fixed positions) and rebuilds every
 patch's pixels; the loss is the MSE inside the visual mask. There are no subject-specific layers: the shared
-flat-map grid plus the shared encoder is the calibration across subjects.
+flat-map grid plus the shared encoder is the calibration across subjects. ``bottleneck_act="none"`` is the
+released UK Biobank model's bottleneck (``width → 2·width`` then ``2·width → decoder_width``, both linear, no
+activation between); the default ``"gelu"`` puts a GELU between them.
 """
 
 import numpy as np
@@ -20,14 +25,41 @@ from diffusers.models.modeling_utils import ModelMixin
 from timm.models.vision_transformer import Block
 
 from ..devices import as_buffer
+from ..errors import NeuroreconError
 
-__all__ = ["sincos_2d", "FMRIEncoder", "FMRIAutoencoder", "patchify", "unpatchify", "masked_mse"]
+__all__ = ["sincos_2d", "FMRIEncoder", "FMRIAutoencoder", "patchify", "unpatchify", "masked_mse", "StrictLoadMixin",
+           "IncompleteWeightsError"]
+
+
+class IncompleteWeightsError(NeuroreconError):
+    """A saved model folder lacks some of the model's weights or buffers."""
+
+
+class StrictLoadMixin:
+    """``from_pretrained`` that refuses a folder missing any weight or buffer, instead of diffusers' warning and
+    fresh initialisation (folders saved before the sin-cos positions were stored lack ``pos_embed``, and those
+    were in the other channel order: reloading them silently would scramble every position)."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        wants_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
+                                              **kwargs)
+        if info.get("missing_keys"):
+            hint = (" (saved before the encoder's positions were stored, in the old channel order: re-run the "
+                    "stage that wrote it, e.g. notebook 03 for the encoder)" if any(
+                        k.endswith(("pos_embed", "dec_pos")) for k in info["missing_keys"]) else "")
+            raise IncompleteWeightsError(f"{pretrained_model_name_or_path}: {cls.__name__} weights are missing "
+                                         f"{sorted(info['missing_keys'])}{hint}")
+        return (model, info) if wants_info else model
 
 
 def sincos_2d(dim, grid_h, grid_w, cls_token=True):
-    """Fixed 2-D sin-cos position embeddings (MAE): (grid_h·grid_w [+1], dim) float32, CLS row zero.
+    """Fixed 2-D sin-cos position embeddings in MAE's layout: (grid_h·grid_w [+1], dim) float32, CLS row zero.
 
-    Half of the channels encode the row, half the column, each as sin/cos of ``pos / 10000^(2i/d)``.
+    Patches are in row-major order. Channels ``[0, dim/2)`` encode the patch's column, ``[dim/2, dim)`` its row
+    (MAE builds its grid with ``meshgrid(w, h)`` and embeds the first plane first); within each half the first
+    quarter is ``sin(pos · ω_i)`` and the second ``cos(pos · ω_i)`` with ``ω_i = 10000^(-i/(dim/4))``.
     """
     if dim % 4:
         raise ValueError(f"sin-cos 2-D positions need a width divisible by 4, got {dim}")
@@ -38,7 +70,7 @@ def sincos_2d(dim, grid_h, grid_w, cls_token=True):
         out = np.einsum("m,d->md", pos.reshape(-1), omega)
         return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
-    pe = np.concatenate([emb(rows), emb(cols)], axis=1)
+    pe = np.concatenate([emb(cols), emb(rows)], axis=1)
     if cls_token:
         pe = np.concatenate([np.zeros((1, dim)), pe], axis=0)
     return torch.from_numpy(pe.astype(np.float32))
@@ -59,10 +91,13 @@ def unpatchify(patches, patch, h, w):
 
 
 def _blocks(width, depth, heads, mlp_ratio):
-    return nn.ModuleList([Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=True) for _ in range(depth)])
+    """timm ViT blocks with torch's ``nn.LayerNorm`` (eps 1e-5) as NeuroPictor builds them (timm's own default
+    norm has eps 1e-6)."""
+    return nn.ModuleList([Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=True, norm_layer=nn.LayerNorm)
+                          for _ in range(depth)])
 
 
-class FMRIEncoder(ModelMixin, ConfigMixin):
+class FMRIEncoder(StrictLoadMixin, ModelMixin, ConfigMixin):
     """ViT encoder of flat maps → token sequence (CLS + patches).
 
     Parameters
@@ -86,7 +121,7 @@ class FMRIEncoder(ModelMixin, ConfigMixin):
         self.grid = map_size // patch
         self.patch_embed = nn.Conv2d(1, width, kernel_size=patch, stride=patch)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
-        self.register_buffer("pos_embed", as_buffer(sincos_2d(width, self.grid, self.grid)[None]), persistent=False)
+        self.register_buffer("pos_embed", as_buffer(sincos_2d(width, self.grid, self.grid)[None]))
         self.blocks = _blocks(width, depth, heads, mlp_ratio)
         self.norm = nn.LayerNorm(width)
         self.gradient_checkpointing = False
@@ -111,7 +146,7 @@ class FMRIEncoder(ModelMixin, ConfigMixin):
         return self.norm(x)
 
 
-class FMRIAutoencoder(ModelMixin, ConfigMixin):
+class FMRIAutoencoder(StrictLoadMixin, ModelMixin, ConfigMixin):
     """fMRI2fMRI: :class:`FMRIEncoder` plus a CLS-bottleneck decoder that rebuilds every patch.
 
     Parameters
@@ -120,20 +155,25 @@ class FMRIAutoencoder(ModelMixin, ConfigMixin):
     decoder_width, decoder_depth, decoder_heads : decoder shape
     bottleneck_mult : int
         The CLS bottleneck is ``width → bottleneck_mult · width`` (2 in NeuroPictor).
+    bottleneck_act : {"gelu", "none"}
+        Between the bottleneck's two linear maps: a GELU, or nothing (the released UK Biobank model).
     """
 
     _supports_gradient_checkpointing = True
 
     @register_to_config
     def __init__(self, map_size=64, patch=8, width=128, depth=4, heads=4, mlp_ratio=4.0, decoder_width=128,
-                 decoder_depth=2, decoder_heads=4, bottleneck_mult=2):
+                 decoder_depth=2, decoder_heads=4, bottleneck_mult=2, bottleneck_act="gelu"):
         super().__init__()
+        if bottleneck_act not in ("gelu", "none"):
+            raise ValueError(f"bottleneck_act must be 'gelu' or 'none', got {bottleneck_act!r}")
         self.encoder = FMRIEncoder(map_size, patch, width, depth, heads, mlp_ratio)
         grid = map_size // patch
-        self.bottleneck = nn.Sequential(nn.Linear(width, bottleneck_mult * width), nn.GELU(),
+        act = nn.GELU() if bottleneck_act == "gelu" else nn.Identity()
+        self.bottleneck = nn.Sequential(nn.Linear(width, bottleneck_mult * width), act,
                                         nn.Linear(bottleneck_mult * width, decoder_width))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_width))
-        self.register_buffer("dec_pos", as_buffer(sincos_2d(decoder_width, grid, grid)[None]), persistent=False)
+        self.register_buffer("dec_pos", as_buffer(sincos_2d(decoder_width, grid, grid)[None]))
         self.dec_blocks = _blocks(decoder_width, decoder_depth, decoder_heads, mlp_ratio)
         self.dec_norm = nn.LayerNorm(decoder_width)
         self.dec_pred = nn.Linear(decoder_width, patch * patch)

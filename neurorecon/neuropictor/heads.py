@@ -20,7 +20,7 @@ import torch.nn as nn
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
-from ..encoding.model import FMRIEncoder
+from ..encoding.model import FMRIEncoder, StrictLoadMixin
 
 __all__ = ["SemanticHead", "FMRIConditioner"]
 
@@ -38,7 +38,7 @@ class SemanticHead(nn.Module):
         return self.norm(self.proj(self.tokens(tokens)))
 
 
-class FMRIConditioner(ModelMixin, ConfigMixin):
+class FMRIConditioner(StrictLoadMixin, ModelMixin, ConfigMixin):
     """Calibrated encoder + semantic head(s) + the empty-prompt context.
 
     Parameters

@@ -1,0 +1,178 @@
+"""Importing NeuroPictor's released checkpoints: a tiny synthetic checkpoint in the official key layout (with the
+frozen/unused parts it also holds) against independent forwards of the official modules (tests/official_layout)."""
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from neurorecon.encoding import FMRIAutoencoder, FMRIEncoder, sincos_2d
+from neurorecon.foundation import tiny_random_foundation
+from neurorecon.neuropictor import NeuroPictorPipeline, load_pipeline
+from neurorecon.neuropictor.convert import CheckpointMismatchError, UnsafeCheckpointError
+from neurorecon.neuropictor.released import import_autoencoder, import_checkpoint, import_neuropictor
+
+import official_layout as ol
+
+MAP, PATCH, WIDTH, DEPTH, HEADS = 32, 8, 16, 2, 2
+GRID = MAP // PATCH
+TOKENS = GRID * GRID + 1
+
+
+@pytest.fixture(scope="module")
+def fm():
+    return tiny_random_foundation(image_size=32, with_lm=False)
+
+
+def released_state(fm, seed=0):
+    g = ol.Gen(seed)
+    text_len, text_dim = fm.text_shape
+    s = ol.encoder_keys(g, "fmri_encoder.transformer.", WIDTH, DEPTH, PATCH, GRID)
+    s.update(ol.semantic_keys(g, TOKENS, WIDTH, text_len, text_dim))
+    s.update(ol.ldm_controlnet_keys(g, dict(fm.unet.config)))
+    s.update(ol.hint_keys(g, TOKENS, WIDTH, fm.unet.config.block_out_channels[0], fm.latent_size))
+    s.update(ol.junk_keys(g))
+    return s
+
+
+def write_yaml(path, decoder_width=12, decoder_depth=1):
+    path.write_text(yaml.safe_dump(dict(Data=dict(patch_size=PATCH, image_size=[MAP, MAP]),
+                                        Model=dict(embed_dim=WIDTH, decoder_embed_dim=decoder_width, num_heads=HEADS,
+                                                   drop_rate=0.1, in_chans=1, encoder_depth=DEPTH,
+                                                   decoder_depth=decoder_depth))))
+    return path
+
+
+def test_mae_positions_in_the_official_channel_order():
+    ref = ol.mae_sincos(24, 3, 5)[0]
+    assert torch.allclose(sincos_2d(24, 3, 5), ref, atol=1e-6)
+    # first half: the patch's column; patches of one column share it
+    assert torch.allclose(ref[1 + 0 * 5 + 2, :12], ref[1 + 2 * 5 + 2, :12])
+    assert not torch.allclose(ref[1 + 0 * 5 + 2, 12:], ref[1 + 2 * 5 + 2, 12:])
+
+
+def test_positions_are_saved_and_restored(tmp_path):
+    enc = FMRIEncoder(map_size=MAP, patch=PATCH, width=WIDTH, depth=1, heads=HEADS)
+    with torch.no_grad():
+        enc.pos_embed.add_(0.5)  # trained/imported positions must survive, not be recomputed
+    enc.save_pretrained(tmp_path / "e")
+    again = FMRIEncoder.from_pretrained(tmp_path / "e")
+    assert torch.equal(again.pos_embed, enc.pos_embed)
+
+
+def test_checkpoint_import_matches_the_official_forward(fm, tmp_path):
+    state = released_state(fm)
+    torch.save(state, tmp_path / "epoch_015.pth")
+    cond, cn, report = import_checkpoint(tmp_path / "epoch_015.pth", fm, heads=HEADS)
+    maps = torch.randn(3, MAP, MAP, generator=torch.Generator().manual_seed(1))
+    ref_tokens = ol.official_tokens(state, "fmri_encoder.transformer.", maps, HEADS)
+    ref_ctx, ref_main = ol.official_semantic(state, ref_tokens)
+    with torch.no_grad():
+        tokens, ctx, main = cond.double()(maps.double())
+        hint = cn.controlnet_cond_embedding.double()(ref_tokens)
+    channels = fm.unet.config.block_out_channels[0]
+    ref_hint = ol.official_hint(state, ref_tokens, channels, fm.latent_size)
+    for ours, theirs in ((tokens, ref_tokens), (ctx, ref_ctx), (main, ref_main), (hint, ref_hint)):
+        assert ours.shape == theirs.shape and (ours - theirs).abs().max() < 1e-6
+    assert (ctx - main).abs().max() > 1e-3  # the parallel branch matters
+    # every released key accounted for: imported or skipped with a reason
+    counts = report["counts"]
+    assert sum(counts["imported"].values()) + counts["skipped"] == counts["total"] == len(state)
+    skipped = {k for keys in report["skipped"].values() for k in keys}
+    assert "control_model.input_hint_block.0.weight" in skipped and "betas" in skipped
+    assert "fmri_encoder.transformer.pred.weight" in skipped and "model.diffusion_model.input_blocks.0.0.weight" in skipped
+    assert report["positions_equal_mae_sincos"] is True
+    assert torch.equal(cond.empty_context, fm.empty_tokens(1).float())
+
+
+def test_controlnet_body_is_a_bijection_of_the_ldm_weights(fm, tmp_path):
+    state = released_state(fm)
+    torch.save(state, tmp_path / "c.pth")
+    _, cn, _ = import_checkpoint(tmp_path / "c.pth", fm, heads=HEADS)
+    sd = cn.state_dict()
+    c = "control_model."
+    pairs = {"conv_in.weight": "input_blocks.0.0.weight", "time_embedding.linear_1.weight": "time_embed.0.weight",
+             "controlnet_down_blocks.0.weight": "zero_convs.0.0.weight",
+             "controlnet_mid_block.weight": "middle_block_out.0.weight",
+             "down_blocks.0.resnets.0.conv1.weight": "input_blocks.1.0.in_layers.2.weight",
+             "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight":
+                 "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
+             "down_blocks.0.downsamplers.0.conv.weight": "input_blocks.2.0.op.weight",
+             "mid_block.attentions.0.proj_in.weight": "middle_block.1.proj_in.weight",
+             "mid_block.resnets.1.time_emb_proj.weight": "middle_block.2.emb_layers.1.weight"}
+    for ours, theirs in pairs.items():
+        assert torch.equal(sd[ours], state[c + theirs]), ours
+    body = sorted((tuple(v.shape), round(float(v.double().sum()), 6)) for k, v in state.items()
+                  if k.startswith(c) and not k.startswith((c + "input_hint_block", c + "fmri_mapper")))
+    mine = sorted((tuple(v.shape), round(float(v.double().sum()), 6)) for k, v in sd.items()
+                  if not k.startswith("controlnet_cond_embedding"))
+    assert body == mine
+
+
+def test_one_error_lists_everything_that_does_not_fit(fm, tmp_path):
+    state = released_state(fm)
+    state["mystery.weight"] = torch.zeros(2)
+    del state["cond_stage.norm.bias"]
+    state["control_model.fmri_mapper.out.weight"] = torch.zeros(3, 3, 3)
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointMismatchError) as err:
+        import_checkpoint(tmp_path / "bad.pth", fm, heads=HEADS)
+    text = str(err.value)
+    assert "mystery.weight" in text and "semantic.norm.bias" in text and "zero_conv.weight" in text
+    assert len(err.value.problems) == 3
+    with pytest.raises(CheckpointMismatchError, match="attention heads"):
+        import_checkpoint(tmp_path / "bad.pth", fm)
+
+
+def test_pickled_objects_are_refused_unless_allowed(fm, tmp_path):
+    state = released_state(fm)
+    torch.save({"state_dict": state, "opt": argparse.Namespace(lr=1e-4)}, tmp_path / "lightning.pth")
+    with pytest.raises(UnsafeCheckpointError, match="--trust-pickle"):
+        import_checkpoint(tmp_path / "lightning.pth", fm, heads=HEADS)
+    cond, _, _ = import_checkpoint(tmp_path / "lightning.pth", fm, heads=HEADS, allow_pickle=True)
+    assert cond.config.residual
+
+
+def test_uk_biobank_autoencoder_import(tmp_path):
+    g = ol.Gen(3)
+    state = ol.encoder_keys(g, "transformer.", WIDTH, DEPTH, PATCH, GRID, decoder_width=12, decoder_depth=1)
+    torch.save({"model": {"module." + k: v for k, v in state.items()}, "iteration": 120000},
+               tmp_path / "checkpoint_120000.pth")
+    ae, report = import_autoencoder(tmp_path / "checkpoint_120000.pth", write_yaml(tmp_path / "ae.yaml"))
+    assert isinstance(ae, FMRIAutoencoder) and ae.config.bottleneck_act == "none" and ae.config.decoder_width == 12
+    maps = torch.randn(2, MAP, MAP, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        rec = ae.double()(maps.double())
+        tokens = ae.encoder(maps.double())
+    assert (rec - ol.official_reconstruction(state, "transformer.", maps, HEADS, PATCH)).abs().max() < 1e-6
+    assert (tokens - ol.official_tokens(state, "transformer.", maps, HEADS)).abs().max() < 1e-6
+    assert report["positions_equal_mae_sincos"] is True
+    with pytest.raises(CheckpointMismatchError, match="YAML says depth 3"):
+        bad = write_yaml(tmp_path / "bad.yaml")
+        bad.write_text(bad.read_text().replace("encoder_depth: 2", "encoder_depth: 3"))
+        import_autoencoder(tmp_path / "checkpoint_120000.pth", bad)
+
+
+def test_import_folder_is_a_pipeline_load_pipeline_reads(fm, tmp_path):
+    state = released_state(fm)
+    torch.save(state, tmp_path / "epoch_015.pth")
+    g = ol.Gen(4)
+    ukb = ol.encoder_keys(g, "transformer.", WIDTH, DEPTH, PATCH, GRID, decoder_width=12, decoder_depth=1)
+    torch.save({"model": ukb}, tmp_path / "ukb.pth")
+    out = import_neuropictor(tmp_path / "imported", ckpt=tmp_path / "epoch_015.pth", encoder=tmp_path / "ukb.pth",
+                             encoder_config=write_yaml(tmp_path / "ae.yaml"), fm=fm)
+    info = json.loads((out / "import.json").read_text())
+    assert info["checkpoint"]["counts"]["total"] == len(state) and info["encoder_file"]["n_keys"] == len(ukb)
+    pipe = load_pipeline(fm, out)
+    full = NeuroPictorPipeline.from_pretrained(out)
+    full.set_progress_bar_config(disable=True)
+    maps = np.random.default_rng(0).normal(size=(2, MAP, MAP)).astype(np.float32)
+    a = pipe(maps, num_inference_steps=2, generator=[torch.Generator().manual_seed(i) for i in range(2)]).images
+    b = full(maps, num_inference_steps=2, generator=[torch.Generator().manual_seed(i) for i in range(2)]).images
+    assert a.shape == (2, 3, 32, 32) and torch.allclose(a, b, atol=1e-5)
+    assert FMRIAutoencoder.from_pretrained(out / "autoencoder").config.bottleneck_act == "none"
+    enc = FMRIEncoder.from_pretrained(out / "encoder")
+    assert torch.equal(enc.pos_embed, ukb["transformer.pos_embed"])

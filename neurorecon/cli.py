@@ -45,6 +45,31 @@ def _cmd_prepare(args):
     print(f"prepared store written to {out}")
 
 
+def _cmd_import(args):
+    from .neuropictor.released import import_neuropictor
+
+    if args.ckpt is None and args.encoder is None:
+        raise NeuroreconError("give --ckpt (a released fMRI-to-image checkpoint), --encoder (the UK Biobank "
+                              "autoencoder) or both")
+    fm = None
+    if args.ckpt is not None:
+        from .foundation import load_foundation
+
+        fm = load_foundation(args.profile, config_file=args.config, device=args.device, with_lm=False)
+    out = import_neuropictor(args.out, ckpt=args.ckpt, encoder=args.encoder, encoder_config=args.encoder_config,
+                             fm=fm, heads=args.encoder_heads, allow_pickle=args.trust_pickle,
+                             full_pipeline=not args.fmri_parts_only)
+    info = json.loads((out / "import.json").read_text())
+    for key, what in (("checkpoint", "fMRI-to-image checkpoint"), ("encoder_file", "UK Biobank autoencoder")):
+        if key in info:
+            part = info[key]
+            counts = part.get("counts")
+            detail = (f"{sum(counts['imported'].values())} keys imported, {counts['skipped']} skipped (named in "
+                      "import.json)" if counts else f"{part['n_keys']} keys imported")
+            print(f"{what} {part['source']}: {detail}")
+    print(f"written to {out}")
+
+
 def _cmd_results(args):
     from .artifacts import collect_metrics
 
@@ -91,6 +116,26 @@ def build_parser():
     s.add_argument("--image-size", type=int)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_prepare)
+
+    s = sub.add_parser("import", help="import released weights of the papers' official code")
+    imp = s.add_subparsers(dest="what", required=True)
+    s = imp.add_parser("neuropictor", help="NeuroPictor's released checkpoints -> a NeuroPictorPipeline folder "
+                                           "(docs/neuropictor_import.md)")
+    s.add_argument("--ckpt", help="a released fMRI-to-image checkpoint, e.g. ckpt/NSD/finetune_single_sub/sub01/"
+                                  "epoch_015.pth (needs the foundation of --profile)")
+    s.add_argument("--encoder", help="the UK Biobank autoencoder, ckpt/fMRI2fMRI_UKB/checkpoint_120000.pth")
+    s.add_argument("--encoder-config", help="its fMRI_AutoEncoder.yaml (gives the head count)")
+    s.add_argument("--encoder-heads", type=int, help="attention heads of the encoder, without --encoder-config")
+    s.add_argument("--out", required=True, help="folder to write (replaced atomically)")
+    s.add_argument("--profile", choices=["smoke", "demo", "full"], default="full",
+                   help="the foundation the pipeline runs on (default full: SD 2.1 + OpenCLIP ViT-H/14)")
+    s.add_argument("--config", help="a run or foundation YAML with your local weight paths")
+    s.add_argument("--device", help="where the foundation is loaded (default: the config's)")
+    s.add_argument("--fmri-parts-only", action="store_true",
+                   help="write conditioner/ and controlnet/ only, not the foundation's VAE/UNet/scheduler")
+    s.add_argument("--trust-pickle", action="store_true",
+                   help="unpickle files that hold more than tensors (can run code: only files you trust)")
+    s.set_defaults(func=_cmd_import)
 
     s = sub.add_parser("results", help="every complete stage's metrics as one table")
     s.add_argument("--profile", choices=["smoke", "demo", "full"], default="demo")

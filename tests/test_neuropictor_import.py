@@ -176,3 +176,50 @@ def test_import_folder_is_a_pipeline_load_pipeline_reads(fm, tmp_path):
     assert FMRIAutoencoder.from_pretrained(out / "autoencoder").config.bottleneck_act == "none"
     enc = FMRIEncoder.from_pretrained(out / "encoder")
     assert torch.equal(enc.pos_embed, ukb["transformer.pos_embed"])
+
+
+def test_cli_import_and_its_errors(fm, tmp_path, monkeypatch, capsys):
+    import neurorecon.foundation as foundation
+    from neurorecon.cli import main
+
+    state = released_state(fm)
+    torch.save(state, tmp_path / "epoch_015.pth")
+    calls = []
+    monkeypatch.setattr(foundation, "load_foundation", lambda *a, **k: calls.append((a, k)) or fm)
+    out = tmp_path / "imp"
+    assert main(["import", "neuropictor", "--ckpt", str(tmp_path / "epoch_015.pth"), "--encoder-heads", str(HEADS),
+                 "--out", str(out), "--fmri-parts-only"]) == 0
+    assert calls[0][0] == ("full",) and calls[0][1]["with_lm"] is False
+    assert "skipped (named in import.json)" in capsys.readouterr().out
+    assert (out / "conditioner").is_dir() and not (out / "unet").exists()
+    load_pipeline(fm, out)
+    state["extra.thing"] = torch.zeros(1)
+    torch.save(state, tmp_path / "bad.pth")
+    assert main(["import", "neuropictor", "--ckpt", str(tmp_path / "bad.pth"), "--encoder-heads", "2",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "extra.thing" in err and (out / "conditioner").is_dir()  # the earlier import survives
+    assert main(["import", "neuropictor", "--out", str(out)]) == 2
+    assert "--ckpt" in capsys.readouterr().err
+
+
+def test_encoding_stage_starts_from_the_imported_uk_biobank_model(new_smoke_home, monkeypatch, tmp_path):
+    from neurorecon.artifacts import read_metrics
+    from neurorecon.config import load_config
+    from neurorecon.encoding import EncodingConfig, load_encoder, run_encoding_stage
+    from neurorecon.errors import ConfigError
+
+    monkeypatch.setenv("NEURORECON_HOME", str(new_smoke_home("enc_init")))
+    g = ol.Gen(5)  # the smoke encoder's shape: 32x32 maps, patch 8, width 32, 1 block, 2 heads
+    ukb = ol.encoder_keys(g, "transformer.", 32, 1, 8, 4, decoder_width=32, decoder_depth=1)
+    torch.save({"model": ukb}, tmp_path / "ukb.pth")
+    out = import_neuropictor(tmp_path / "ukb", encoder=tmp_path / "ukb.pth", heads=2)
+    cfg = load_config(EncodingConfig, "smoke", overrides={"steps": 0, "init_checkpoint": str(out)})
+    folder = run_encoding_stage(cfg, progress=False)
+    enc = load_encoder("smoke")
+    assert torch.equal(enc.blocks[0].attn.qkv.weight, ukb["transformer.blocks.0.attn.qkv.weight"])
+    m = read_metrics(folder)
+    assert m[m.metric == "from_init_checkpoint"].value.iloc[0] == 1.0 and (m.metric == "r2").any()
+    bad = load_config(EncodingConfig, "smoke", overrides={"width": 64, "init_checkpoint": str(out)})
+    with pytest.raises(ConfigError, match="set width: 32"):
+        run_encoding_stage(bad, progress=False)

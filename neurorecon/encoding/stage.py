@@ -5,12 +5,18 @@ subject except ``holdout_subjects``; a held-out subject's maps (resting included
 measures how well the shared grid + shared encoder transfer to a new brain. Reported per subject:
 ``R² = 1 − Σ(x − x̂)² / Σ(x − x̄)²`` over the visual-mask pixels of the subject's repetition-averaged test maps, with
 x̄ the subject's mean test map (so predicting the mean map scores 0).
+
+``init_checkpoint``: start from a pretrained autoencoder instead of a random one, as the paper starts from its
+UK Biobank model (``neurorecon import neuropictor --encoder checkpoint_120000.pth --encoder-config
+fMRI_AutoEncoder.yaml --out DIR``, then ``init_checkpoint: DIR``); its shape must equal the config's (the error
+lists the values to set), ``steps`` of NSD pretraining follow (0: use it as it is, only evaluated here).
 """
 
 import dataclasses
 import json
 import shutil
 import time
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -22,12 +28,13 @@ from ..config import StageConfig
 from ..data import open_store
 from ..data.stage import store_path
 from ..devices import stage_device, to_module
+from ..errors import ConfigError, DataError
 from ..training import fit, make_accelerator
 from .data import StackedMaps, check_flat, pretraining_arrays, visual_mask
 from .model import FMRIAutoencoder, FMRIEncoder, masked_mse
 
-__all__ = ["EncodingConfig", "run_encoding_stage", "build_autoencoder", "reconstruct", "reconstruction_r2",
-           "load_encoder", "load_autoencoder", "checkpoint_dir"]
+__all__ = ["EncodingConfig", "run_encoding_stage", "build_autoencoder", "initial_autoencoder", "reconstruct",
+           "reconstruction_r2", "load_encoder", "load_autoencoder", "checkpoint_dir"]
 
 
 @dataclasses.dataclass
@@ -60,6 +67,7 @@ class EncodingConfig(StageConfig):
     keep_checkpoints: bool = False
     num_threads: Optional[int] = None
     eval_batch: int = 256
+    init_checkpoint: Optional[str] = None
 
 
 def checkpoint_dir(cfg):
@@ -74,6 +82,30 @@ def build_autoencoder(cfg, map_size, seed=None):
     return FMRIAutoencoder(map_size=map_size, patch=cfg.patch, width=cfg.width, depth=cfg.depth, heads=cfg.heads,
                            mlp_ratio=cfg.mlp_ratio, decoder_width=cfg.decoder_width, decoder_depth=cfg.decoder_depth,
                            decoder_heads=cfg.decoder_heads, bottleneck_mult=cfg.bottleneck_mult)
+
+
+def initial_autoencoder(cfg, map_size):
+    """The pretrained :class:`FMRIAutoencoder` of ``cfg.init_checkpoint`` (an import folder with
+    ``autoencoder/``, or an autoencoder folder), checked against the config's shape and the store's map size."""
+    path = Path(cfg.init_checkpoint).expanduser()
+    folder = path / "autoencoder" if (path / "autoencoder").is_dir() else path
+    if not (folder / "config.json").is_file():
+        raise DataError(path, "a folder written by `neurorecon import neuropictor --encoder ...` (with "
+                              "autoencoder/ inside) or a saved FMRIAutoencoder folder", "no autoencoder config.json")
+    model = FMRIAutoencoder.from_pretrained(folder)
+    got = model.config
+    want = dict(patch=cfg.patch, width=cfg.width, depth=cfg.depth, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
+                decoder_width=cfg.decoder_width, decoder_depth=cfg.decoder_depth, decoder_heads=cfg.decoder_heads,
+                bottleneck_mult=cfg.bottleneck_mult)
+    diff = {k: v for k, v in want.items() if got[k] != v}
+    if diff:
+        raise ConfigError(f"encoding config: init_checkpoint {folder} has another shape; set "
+                          + ", ".join(f"{k}: {got[k]}" for k in diff) + " (the config has "
+                          + ", ".join(f"{k}: {v}" for k, v in diff.items()) + ")")
+    if got["map_size"] != map_size:
+        raise ConfigError(f"encoding config: init_checkpoint {folder} reads {got['map_size']}x{got['map_size']} "
+                          f"flat maps; the prepared store's are {map_size}x{map_size}")
+    return model
 
 
 @torch.no_grad()
@@ -126,7 +158,7 @@ def run_encoding_stage(cfg, force=False, progress=True):
     train_subjects = [s for s in store.subjects if s not in cfg.holdout_subjects]
     arrays, counts = pretraining_arrays(store, train_subjects, cfg.use_resting, cfg.use_trials)
     data = StackedMaps(arrays)
-    model = build_autoencoder(cfg, size)
+    model = initial_autoencoder(cfg, size) if cfg.init_checkpoint else build_autoencoder(cfg, size)
     acc = make_accelerator(cfg.mixed_precision)
     mask_t = torch.from_numpy(mask).to(stage_device(acc))
     ckpt = checkpoint_dir(cfg)
@@ -148,7 +180,10 @@ def run_encoding_stage(cfg, force=False, progress=True):
             w.add_metric("autoencoder", "all", "train", "seconds", result.seconds)
             w.add_metric("autoencoder", "all", "train", "cpu_seconds", cpu)
             w.add_metric("autoencoder", "all", "train", "n_maps", len(data))
-            w.add_metric("autoencoder", "all", "train", "final_loss", np.mean([v for _, v in result.losses[-20:]]))
+            if result.losses:
+                w.add_metric("autoencoder", "all", "train", "final_loss",
+                             np.mean([v for _, v in result.losses[-20:]]))
+            w.add_metric("autoencoder", "all", "train", "from_init_checkpoint", float(bool(cfg.init_checkpoint)))
             for s in store.subjects:
                 sub = store.subject(s)
                 r2 = reconstruction_r2(sub.test_flat, reconstruct(model, sub.test_flat, cfg.eval_batch), mask)

@@ -58,7 +58,7 @@ def _cmd_import(args):
         fm = load_foundation(args.profile, config_file=args.config, device=args.device, with_lm=False)
     out = import_neuropictor(args.out, ckpt=args.ckpt, encoder=args.encoder, encoder_config=args.encoder_config,
                              fm=fm, heads=args.encoder_heads, allow_pickle=args.trust_pickle,
-                             full_pipeline=not args.fmri_parts_only)
+                             full_pipeline=not args.fmri_parts_only, subject=args.subject)
     info = json.loads((out / "import.json").read_text())
     for key, what in (("checkpoint", "fMRI-to-image checkpoint"), ("encoder_file", "UK Biobank autoencoder")):
         if key in info:
@@ -127,6 +127,8 @@ def build_parser():
     s.add_argument("--encoder-config", help="its fMRI_AutoEncoder.yaml (gives the head count)")
     s.add_argument("--encoder-heads", type=int, help="attention heads of the encoder, without --encoder-config")
     s.add_argument("--out", required=True, help="folder to write (replaced atomically)")
+    s.add_argument("--subject", type=int, help="the subject a finetune_single_sub checkpoint belongs to (notebook 07 "
+                                               "scores it on that subject only)")
     s.add_argument("--profile", choices=["smoke", "demo", "full"], default="full",
                    help="the foundation the pipeline runs on (default full: SD 2.1 + OpenCLIP ViT-H/14)")
     s.add_argument("--config", help="a run or foundation YAML with your local weight paths")

@@ -27,6 +27,12 @@ def fm():
     return tiny_random_foundation(image_size=32, with_lm=False)
 
 
+@pytest.fixture(scope="module")
+def home(new_smoke_home):
+    """This module's own smoke store (32x32 flat maps, as MAP), for the stage tests."""
+    return new_smoke_home("import_home")
+
+
 def released_state(fm, seed=0):
     g = ol.Gen(seed)
     text_len, text_dim = fm.text_shape
@@ -203,13 +209,13 @@ def test_cli_import_and_its_errors(fm, tmp_path, monkeypatch, capsys):
     assert "--ckpt" in capsys.readouterr().err
 
 
-def test_encoding_stage_starts_from_the_imported_uk_biobank_model(new_smoke_home, monkeypatch, tmp_path):
+def test_encoding_stage_starts_from_the_imported_uk_biobank_model(home, monkeypatch, tmp_path):
     from neurorecon.artifacts import read_metrics
     from neurorecon.config import load_config
     from neurorecon.encoding import EncodingConfig, load_encoder, run_encoding_stage
     from neurorecon.errors import ConfigError
 
-    monkeypatch.setenv("NEURORECON_HOME", str(new_smoke_home("enc_init")))
+    monkeypatch.setenv("NEURORECON_HOME", str(home))
     g = ol.Gen(5)  # the smoke encoder's shape: 32x32 maps, patch 8, width 32, 1 block, 2 heads
     ukb = ol.encoder_keys(g, "transformer.", 32, 1, 8, 4, decoder_width=32, decoder_depth=1)
     torch.save({"model": ukb}, tmp_path / "ukb.pth")
@@ -223,3 +229,26 @@ def test_encoding_stage_starts_from_the_imported_uk_biobank_model(new_smoke_home
     bad = load_config(EncodingConfig, "smoke", overrides={"width": 64, "init_checkpoint": str(out)})
     with pytest.raises(ConfigError, match="set width: 32"):
         run_encoding_stage(bad, progress=False)
+
+
+def test_notebook_07_scores_the_released_model_as_its_own_row(fm, home, monkeypatch, tmp_path):
+    from neurorecon.evaluation.stage import ReconstructionConfig, load_results, run_reconstruction_stage
+    from neurorecon.config import load_config
+    from neurorecon.errors import ConfigError
+
+    monkeypatch.setenv("NEURORECON_HOME", str(home))
+    torch.save(released_state(fm), tmp_path / "epoch_015.pth")
+    out = import_neuropictor(tmp_path / "released", ckpt=tmp_path / "epoch_015.pth", fm=fm, heads=HEADS,
+                             full_pipeline=False, subject=1)
+    over = dict(methods=["neuropictor_released"], captions=False, subjects=[1, 2], n_eval=3, single_trial=False,
+                num_inference_steps=2, sweep_n=2)
+    with pytest.raises(ConfigError, match="needs released_neuropictor"):
+        run_reconstruction_stage(load_config(ReconstructionConfig, "smoke", overrides=over), fm=fm)
+    logs = []
+    cfg = load_config(ReconstructionConfig, "smoke", overrides=dict(over, released_neuropictor=str(out)))
+    run_reconstruction_stage(cfg, fm=fm, log=logs.append)
+    t = load_results("smoke")["results"]
+    label = "NeuroPictor (released checkpoint)"
+    assert set(t.method) == {label, label + " (shuffled fMRI)"} and set(t.subject) == {"1"}
+    assert t[(t.method == label) & (t.metric == "PixCorr")].value.notna().all()
+    assert any("released checkpoint is subject 1's" in m for m in logs)

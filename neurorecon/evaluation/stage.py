@@ -57,9 +57,12 @@ __all__ = ["ReconstructionConfig", "METHOD_LABELS", "run_reconstruction_stage", 
 
 #: Method key → the name used in tables and figures.
 METHOD_LABELS = {"neuropictor": "NeuroPictor", "neuropictor_pretrain": "NeuroPictor (multi-subject only)",
-                 "nv2l": "NV2L", "ridge": "Ridge (Takagi & Nishimoto)"}
-_INPUTS = {"neuropictor": "flat", "neuropictor_pretrain": "flat", "nv2l": "common", "ridge": "betas"}
-_NEEDS = {"neuropictor": "refine", "neuropictor_pretrain": "pretrain", "nv2l": "language", "ridge": None}
+                 "nv2l": "NV2L", "ridge": "Ridge (Takagi & Nishimoto)",
+                 "neuropictor_released": "NeuroPictor (released checkpoint)"}
+_INPUTS = {"neuropictor": "flat", "neuropictor_pretrain": "flat", "nv2l": "common", "ridge": "betas",
+           "neuropictor_released": "flat"}
+_NEEDS = {"neuropictor": "refine", "neuropictor_pretrain": "pretrain", "nv2l": "language", "ridge": None,
+          "neuropictor_released": None}
 SHUFFLED = " (shuffled fMRI)"
 #: What reconstruction uses of the foundation: SD 2.1 (NeuroPictor, ridge), its text encoder, CLIP ViT-L/14
 #: (metrics, NV2L's embedding space) and Stable unCLIP (NV2L). Not the foundation's LLM: the brain LLaVA
@@ -85,7 +88,7 @@ class ReconstructionConfig(StageConfig):
     NOTEBOOK = "07_reconstruction_and_evaluation"
 
     subjects: Optional[list[int]] = None
-    methods: list[str] = dataclasses.field(default_factory=lambda: list(METHOD_LABELS))
+    methods: list[str] = dataclasses.field(default_factory=lambda: list(METHOD_LABELS)[:4])
     n_eval: int = 0
     single_trial: bool = True
     shuffle_seed: int = 0
@@ -109,6 +112,7 @@ class ReconstructionConfig(StageConfig):
     captions: bool = True
     evaluation_file: Optional[str] = None
     num_threads: Optional[int] = None
+    released_neuropictor: Optional[str] = None
 
     def evaluation(self):
         """The :class:`EvaluationConfig` of this profile with ``evaluation_file`` applied, else the run config this
@@ -154,6 +158,10 @@ class _Method:
 
             stage = require_stage(_NEEDS[key], cfg.profile)
             self.pipe = load_pipeline(fm, stage / ("refined_mask" if key == "neuropictor" else "model"), "ddim")
+        elif key == "neuropictor_released":
+            from ..neuropictor import load_pipeline
+
+            self.pipe = load_pipeline(fm, _released_folder(cfg), "ddim")
         elif key == "nv2l":
             from ..nv2l import BrainLlava, ViT3D
 
@@ -203,6 +211,24 @@ class _Method:
         strength = cfg.ridge_strength if strength is None else strength
         return self.ridge.reconstruct(fm, x, strength=strength, num_steps=steps, guidance_scale=guidance,
                                       seed=cfg.seed, batch_size=cfg.batch_size)
+
+
+def _released_folder(cfg):
+    """The folder of ``released_neuropictor`` (written by ``neurorecon import neuropictor --ckpt``)."""
+    if not cfg.released_neuropictor:
+        raise ConfigError("reconstruction config: method neuropictor_released needs released_neuropictor: the "
+                          "folder written by `neurorecon import neuropictor --ckpt ...` (docs/neuropictor_import.md)")
+    folder = Path(cfg.released_neuropictor).expanduser()
+    if not (folder / "conditioner").is_dir() or not (folder / "controlnet").is_dir():
+        raise ConfigError(f"reconstruction config: released_neuropictor {folder} has no conditioner/ and "
+                          "controlnet/: write it with `neurorecon import neuropictor --ckpt ... --out` first")
+    return folder
+
+
+def _released_subject(cfg):
+    """The subject a released single-subject checkpoint was refined on (``--subject`` at import), else None."""
+    info = _released_folder(cfg) / "import.json"
+    return json.loads(info.read_text()).get("subject") if info.is_file() else None
 
 
 def _refined_subject(cfg):
@@ -278,6 +304,8 @@ def _run(cfg, fm, log):
     for m in cfg.methods:  # fail before any work if an input stage is missing (the error names its notebook)
         if _NEEDS[m]:
             require_stage(_NEEDS[m], cfg.profile)
+        if m == "neuropictor_released":
+            _released_folder(cfg)
     if fm is None:
         from ..foundation import load_foundation
 
@@ -305,6 +333,9 @@ def _run(cfg, fm, log):
                     if key == "neuropictor" and s != _refined_subject(cfg):
                         log(f"  subject {s}: no refined NeuroPictor (notebook 05 refines subject "
                             f"{_refined_subject(cfg)}); skipped")
+                        continue
+                    if key == "neuropictor_released" and _released_subject(cfg) not in (None, s):
+                        log(f"  subject {s}: the released checkpoint is subject {_released_subject(cfg)}'s; skipped")
                         continue
                     method = _Method(key, cfg, fm, store, s, log)
                     for variant in variants:

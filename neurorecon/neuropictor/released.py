@@ -136,7 +136,7 @@ def import_checkpoint(path, fm, heads=None, yaml_shape=None, allow_pickle=False)
 
 
 def import_neuropictor(out, ckpt=None, encoder=None, encoder_config=None, fm=None, heads=None, allow_pickle=False,
-                       full_pipeline=True, scheduler="ddim"):
+                       full_pipeline=True, scheduler="ddim", subject=None):
     """Write the imported models into ``out`` (atomically; see the module docstring). Returns ``out``.
 
     Parameters
@@ -154,6 +154,8 @@ def import_neuropictor(out, ckpt=None, encoder=None, encoder_config=None, fm=Non
         Unpickle files that hold more than tensors (only files you trust).
     full_pipeline : bool
         Also write the foundation's VAE, UNet and a scheduler: a complete ``NeuroPictorPipeline`` folder.
+    subject : int, optional
+        The subject a single-subject checkpoint was refined on (recorded; notebook 07 scores it on that one).
     """
     from .evaluate import pipeline_from_model
 
@@ -162,7 +164,7 @@ def import_neuropictor(out, ckpt=None, encoder=None, encoder_config=None, fm=Non
     if ckpt is not None and fm is None:
         raise ValueError("importing an fMRI-to-image checkpoint needs the foundation it runs on (fm=...)")
     yaml_shape = cv.read_encoder_yaml(encoder_config) if encoder_config else None
-    report = {}
+    report = {"subject": int(subject) if subject is not None else None}
     if encoder is not None:
         ae, report["encoder_file"] = import_autoencoder(encoder, encoder_config, heads, allow_pickle)
     if ckpt is not None:

@@ -38,9 +38,23 @@ def _cmd_check(args):
 
 
 def _cmd_prepare(args):
+    root = args.root or args.nsd_root
+    if root is None or (args.root and args.nsd_root):
+        raise NeuroreconError("give the data root once: as ROOT or as --nsd-root")
+    if args.layout == "neuropictor":
+        from .data.neuropictor_layout import prepare_neuropictor
+
+        ignored = [f"--{k.replace('_', '-')}" for k in ("coco_root", "flatmap") if getattr(args, k)]
+        if ignored:
+            raise NeuroreconError(f"{', '.join(ignored)}: not used with --layout neuropictor (its maps are already "
+                                  "projected and its captions are in COCO_73k_annots_curated.npy)")
+        out = prepare_neuropictor(root, args.out, subjects=args.subjects, image_size=args.image_size,
+                                  allow_pickle=args.trust_pickle, progress=not args.quiet)
+        print(f"prepared store (NeuroPictor layout) written to {out}")
+        return
     from .data import prepare
 
-    out = prepare(args.nsd_root, args.out, subjects=args.subjects, coco_root=args.coco_root, flatmap=args.flatmap,
+    out = prepare(root, args.out, subjects=args.subjects, coco_root=args.coco_root, flatmap=args.flatmap,
                   image_size=args.image_size, progress=not args.quiet)
     print(f"prepared store written to {out}")
 
@@ -107,8 +121,14 @@ def build_parser():
     s.add_argument("--manifest", help="a manifest YAML file (default data_manifests/<profile>.yaml)")
     s.set_defaults(func=_cmd_check)
 
-    s = sub.add_parser("prepare", help="raw NSD -> the prepared store every later stage reads")
-    s.add_argument("--nsd-root", required=True)
+    s = sub.add_parser("prepare", help="raw NSD (or NeuroPictor's released data) -> the prepared store every "
+                                       "later stage reads")
+    s.add_argument("root", nargs="?", help="the data root (same as --nsd-root)")
+    s.add_argument("--nsd-root")
+    s.add_argument("--layout", choices=["nsd", "neuropictor"], default="nsd",
+                   help="nsd: the raw NSD tree; neuropictor: NeuroPictor's released fmri_npy/ layout")
+    s.add_argument("--trust-pickle", action="store_true",
+                   help="neuropictor layout: unpickle its .npy files fully (only files you trust)")
     s.add_argument("--out", required=True)
     s.add_argument("--subjects", type=_ints, help="e.g. 1,2,5,7 (default: all found)")
     s.add_argument("--coco-root")

@@ -135,7 +135,8 @@ class PreparedSubject:
 
     def __repr__(self):
         return (f"PreparedSubject(subj{self.subject:02d}: {len(self.train_image_ids)} train trials, "
-                f"{len(self.test_image_ids)} test images, {len(self.voxel_ijk)} voxels)")
+                f"{len(self.test_image_ids)} test images, "
+                f"{0 if self.voxel_ijk is None else len(self.voxel_ijk)} voxels)")
 
 
 class PreparedStore:

@@ -21,12 +21,15 @@ def check_flat(store):
 
 
 def visual_mask(store):
-    """Bool (H, W) visual-cortex mask: the pixels of the store's ``flatmap.npz``, else every pixel that is
-    nonzero in some map."""
+    """Bool (H, W) visual-cortex mask: the pixels of the store's ``flatmap.npz``, else its ``visual_mask.npy``
+    (stores of NeuroPictor's released maps), else every pixel that is nonzero in some map."""
     shape = check_flat(store)
     path = store.folder / "flatmap.npz"
     if path.is_file():
         mask = load_flatmap(path).mask
+    elif (store.folder / "visual_mask.npy").is_file():
+        path = store.folder / "visual_mask.npy"
+        mask = np.load(path).astype(bool)
     else:
         mask = np.zeros(shape, dtype=bool)
         for s in store.subjects:

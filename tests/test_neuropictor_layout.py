@@ -1,0 +1,90 @@
+"""``neurorecon prepare --layout neuropictor``: a tiny tree in NeuroPictor's released data layout, written here."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from neurorecon.cli import main
+from neurorecon.data import open_store
+from neurorecon.data.neuropictor_layout import prepare_neuropictor
+from neurorecon.encoding import visual_mask
+from neurorecon.errors import DataError
+
+SHAPE = (16, 16)
+TRAIN = {0: [3, 5, 7, 9], 1: [2, 4, 6]}     # subject index (0-based) -> training ids
+SHARED = np.array([10, 11, 12, 13])         # test ids; subject 2 saw 10 and 12 only
+LABELS = {1: [3, 10, 5, 7, 11, 3, 9, 10, 14],  # 14: in neither list (a trial the release does not use)
+          2: [2, 12, 4, 6, 2, 10, 12]}
+
+
+def write_release(root, bad_pickle=False):
+    nsd = root / "NSD"
+    fmri = nsd / "fmri_npy"
+    g = np.random.default_rng(0)
+    inside = np.zeros(SHAPE, bool)
+    inside[4:12, 2:14] = True
+    for s, labels in LABELS.items():
+        (fmri / f"{s:02d}_norm").mkdir(parents=True)
+        np.save(fmri / f"{s:02d}_label.npy", np.array(labels, np.int64))
+        for j, image in enumerate(labels):
+            m = np.where(inside, g.normal(size=SHAPE) + image, 0).astype(np.float32)
+            np.save(fmri / f"{s:02d}_norm" / f"surf_{j:06d}.npy", m)
+    payload = {k: set(v) for k, v in TRAIN.items()}
+    if bad_pickle:
+        payload[0] = __import__("fractions").Fraction(1, 3)
+    np.save(nsd / "unique_triallabel.npy", np.array(payload, dtype=object), allow_pickle=True)
+    np.save(nsd / "sub1257_shared_triallabel.npy", SHARED)
+    caps = np.full((20, 5), "", dtype=object)
+    for i in range(20):
+        caps[i, :2] = [f"a photo of thing {i}", f" thing {i} again "]
+    np.save(nsd / "COCO_73k_annots_curated.npy", caps, allow_pickle=True)
+    images = nsd / "nsddata_stimuli/stimuli/images"
+    images.mkdir(parents=True)
+    for i in range(20):
+        Image.fromarray(np.full((12, 12, 3), 10 * i, np.uint8)).save(images / f"image_{i:06d}.png")
+    return root, inside
+
+
+def test_released_layout_becomes_a_store(tmp_path):
+    root, inside = write_release(tmp_path / "release")
+    store = open_store(prepare_neuropictor(root, tmp_path / "store", progress=False))
+    assert store.subjects == [1, 2] and store.meta["flat_shape"] == list(SHAPE) and store.meta["image_size"] == 12
+    s1 = store.subject(1)
+    np.testing.assert_array_equal(s1.train_image_ids, [3, 5, 7, 3, 9])  # every trial, in trial order
+    np.testing.assert_array_equal(s1.test_trial_image_ids, [10, 11, 10])
+    np.testing.assert_array_equal(s1.test_image_ids, [10, 11])
+    assert s1.info["n_unused_trials"] == 1 and s1.train_flat.dtype == np.float16
+    raw = np.load(root / "NSD/fmri_npy/01_norm/surf_000002.npy")  # trial 2 = image 5 = train row 1
+    np.testing.assert_allclose(np.asarray(s1.train_flat[1], np.float32), raw, atol=1e-2)
+    trials = [np.load(root / f"NSD/fmri_npy/01_norm/surf_{j:06d}.npy") for j in (1, 7)]  # image 10
+    np.testing.assert_allclose(s1.test_flat[0], np.mean(trials, 0), atol=1e-2)  # repetition average
+    np.testing.assert_array_equal(store.subject(2).test_image_ids, [10, 12])
+    np.testing.assert_array_equal(visual_mask(store), inside)
+    assert store.annotations[5]["captions"] == ["a photo of thing 5", "thing 5 again"]
+    np.testing.assert_array_equal(store.get_images([9])[0, 0, 0], [90, 90, 90])
+    assert "0 voxels" in repr(s1)
+
+
+def test_cli_and_clear_errors(tmp_path, capsys):
+    root, _ = write_release(tmp_path / "release")
+    assert main(["prepare", "--layout", "neuropictor", str(root / "NSD"), "--out", str(tmp_path / "s"),
+                 "--subjects", "2", "--image-size", "8", "--quiet"]) == 0
+    store = open_store(tmp_path / "s")
+    assert store.subjects == [2] and store.images.shape[1:] == (8, 8, 3)
+    np.save(root / "NSD/fmri_npy/02_norm/surf_000003.npy", np.zeros((8, 8), np.float32))
+    assert main(["prepare", "--layout", "neuropictor", str(root), "--out", str(tmp_path / "s"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "surf_000003.npy" in err and "(16, 16)" in err
+    assert open_store(tmp_path / "s").subjects == [2]  # the earlier store survives
+    assert main(["prepare", "--layout", "neuropictor", str(root), "--flatmap", "x.npz", "--out", "y"]) == 2
+    assert "not used with --layout neuropictor" in capsys.readouterr().err
+
+
+def test_pickles_with_code_are_refused(tmp_path):
+    root, _ = write_release(tmp_path / "release", bad_pickle=True)
+    with pytest.raises(DataError, match="fractions.Fraction is not a plain data type.*--trust-pickle"):
+        prepare_neuropictor(root, tmp_path / "store", progress=False)
+    with pytest.raises(DataError, match="subject 1's training image ids"):  # unpickled when trusted, then checked
+        prepare_neuropictor(root, tmp_path / "store", allow_pickle=True, progress=False)
+    with pytest.raises(DataError, match="no fmri_npy folder"):
+        prepare_neuropictor(root / "NSD/nsddata_stimuli", tmp_path / "store2", progress=False)

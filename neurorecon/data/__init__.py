@@ -2,7 +2,7 @@
 
 from .check import check_data
 from .design import Design, read_design
-from .flatmap import FlatMap, load_flatmap
+from .flatmap import FlatMap, build_flatmap, load_flatmap, save_flatmap
 from .layout import NSDLayout
 from .preparation import prepare
 from .store import FORMAT_VERSION, PreparedStore, PreparedSubject, load_prepared, open_store
@@ -11,6 +11,7 @@ __all__ = [
     "FORMAT_VERSION",
     "Design",
     "FlatMap",
+    "build_flatmap",
     "NSDLayout",
     "PreparedStore",
     "PreparedSubject",
@@ -20,4 +21,5 @@ __all__ = [
     "open_store",
     "prepare",
     "read_design",
+    "save_flatmap",
 ]

@@ -153,8 +153,9 @@ def read_session(path, ijk, expected_shape, roi_path="the ROI"):
     return _to_psc(data[i, j, k, :].T, path)
 
 
-def read_surface(path, vertices=None):
-    """Read one hemisphere's surface betas (``.mgh``: vertices × 1 × 1 × trials) as (trials, vertices) float32."""
+def read_surface(path, vertices=None, flatmap=None, hemi=None):
+    """Read one hemisphere's surface betas (``.mgh``: vertices × 1 × 1 × trials) as (trials, vertices) float32;
+    with ``flatmap`` and ``hemi`` the file's vertex count is checked against the map's mesh first."""
     if not path.is_file():
         raise DataError(path, "surface betas (.mgh)", "no such file")
     try:
@@ -163,6 +164,8 @@ def read_surface(path, vertices=None):
     except Exception as err:
         raise DataError(path, "a readable MGH surface file", f"an unreadable file ({err})") from err
     data = data.reshape(data.shape[0], -1)
+    if flatmap is not None:
+        flatmap.check_mesh(hemi, data.shape[0], path)
     if vertices is not None:
         if vertices.size and vertices.max() >= data.shape[0]:
             raise DataError(path, f"at least {vertices.max() + 1} vertices (the flat map's)", f"{data.shape[0]}")

@@ -19,7 +19,7 @@ from ..artifacts import atomic_dir
 from ..errors import DataError
 from .betas import load_volume, read_session, read_surface, session_shape
 from .design import read_design
-from .flatmap import load_flatmap
+from .flatmap import load_flatmap, save_flatmap
 from .layout import NSDLayout
 from .resample import resample_mask, trilinear_matrix
 from .store import FORMAT_VERSION
@@ -139,7 +139,7 @@ def _prepare_subject(layout, design, subject, folder, common, flatmap, progress)
             hemis = []
             for h in ("lh", "rh"):
                 sfile = layout.surface_file(subject, h, ses)
-                data = read_surface(sfile, verts[h])
+                data = read_surface(sfile, verts[h], flatmap, h)
                 if data.shape[0] != n:
                     raise DataError(sfile, f"{n} trials like {path.name}", f"{data.shape[0]}")
                 hemis.append(_zscore(data, train))
@@ -159,7 +159,7 @@ def _prepare_subject(layout, design, subject, folder, common, flatmap, progress)
 
     resting = 0
     if surface and all(layout.resting_file(subject, h).is_file() for h in ("lh", "rh")):
-        hemis = [read_surface(layout.resting_file(subject, h), verts[h]) for h in ("lh", "rh")]
+        hemis = [read_surface(layout.resting_file(subject, h), verts[h], flatmap, h) for h in ("lh", "rh")]
         hemis = [_zscore(x, np.ones(len(x), bool)) for x in hemis]
         np.save(folder / "resting_flat.npy", flatmap.project(*hemis))
         resting = len(hemis[0])
@@ -332,7 +332,7 @@ def prepare(nsd_root, out, subjects=None, coco_root=None, flatmap=None, image_si
     with atomic_dir(out) as tmp:
         np.savez(tmp / "common_grid.npz", shape=np.array(common["shape"]), union_ijk=common["union_ijk"])
         if fm is not None:
-            np.savez(tmp / "flatmap.npz", shape=np.array(fm.shape), pixel=fm.pixel, hemi=fm.hemi, vertex=fm.vertex)
+            save_flatmap(fm, tmp / "flatmap.npz")
         train_ids, test_ids, infos = [], [], {}
         for s in tqdm(subjects, desc="subjects", disable=not progress):
             tr, te, info = _prepare_subject(layout, design, s, tmp / f"subj{s:02d}", common, fm, progress)

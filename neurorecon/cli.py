@@ -84,6 +84,19 @@ def _cmd_import(args):
     print(f"written to {out}")
 
 
+def _cmd_flatmap(args):
+    import numpy as np
+
+    from .data.flatmap import build_flatmap, read_flat_coords, read_vertex_mask, save_flatmap
+
+    lh, rh = read_flat_coords(args.lh_flat), read_flat_coords(args.rh_flat)
+    masks = [read_vertex_mask(m, len(xy)) if m else None for m, xy in ((args.lh_mask, lh), (args.rh_mask, rh))]
+    fm = build_flatmap(lh, rh, shape=(args.size, args.size), lh_mask=masks[0], rh_mask=masks[1])
+    save_flatmap(fm, args.out)
+    print(f"flat map {args.size}x{args.size}: {len(fm.pixel)} cortex pixels from {len(np.unique(fm.vertex))} "
+          f"vertices (meshes of {fm.n_vertices[0]} + {fm.n_vertices[1]} vertices) written to {args.out}")
+
+
 def _cmd_results(args):
     from .artifacts import collect_metrics
 
@@ -158,6 +171,15 @@ def build_parser():
     s.add_argument("--trust-pickle", action="store_true",
                    help="unpickle files that hold more than tensors (can run code: only files you trust)")
     s.set_defaults(func=_cmd_import)
+
+    s = sub.add_parser("flatmap", help="build the vertex -> pixel flat map prepare uses for surface betas")
+    s.add_argument("--lh-flat", required=True, help="left hemisphere flat mesh (.gii, FreeSurfer surface, .npy)")
+    s.add_argument("--rh-flat", required=True)
+    s.add_argument("--lh-mask", help="vertices to keep: .label, .mgz/.mgh, .gii or .npy (e.g. lh.nsdgeneral.mgz)")
+    s.add_argument("--rh-mask")
+    s.add_argument("--size", type=int, default=256, help="side of the square map (NeuroPictor: 256)")
+    s.add_argument("--out", required=True, help="the .npz to write (prepare --flatmap / data.flatmap)")
+    s.set_defaults(func=_cmd_flatmap)
 
     s = sub.add_parser("results", help="every complete stage's metrics as one table")
     s.add_argument("--profile", choices=["smoke", "demo", "full"], default="demo")

@@ -60,3 +60,26 @@ def test_an_fsaverage5_map_reads_fsaverage_betas(tmp_path):
     with pytest.raises(DataError, match="fsaverage6, 40962 vertices"):
         FlatMap((4, 4), np.arange(4), np.zeros(4, np.int8), np.arange(4), "m", (163842, 163842)).check_mesh(
             "lh", 40962, tmp_path / "b.mgh")
+
+
+def test_flatmap_command_from_gifti_meshes_and_mgz_masks(tmp_path, capsys):
+    from neurorecon.cli import main
+
+    xy, m = disc_mesh(n=30)
+    paths = {}
+    for h in ("lh", "rh"):
+        coords = np.concatenate([xy, np.zeros((len(xy), 1))], 1).astype(np.float32)
+        img = nib.gifti.GiftiImage(darrays=[nib.gifti.GiftiDataArray(coords, intent="NIFTI_INTENT_POINTSET")])
+        nib.save(img, str(tmp_path / f"{h}.flat.gii"))
+        nib.save(nib.MGHImage(m.astype(np.float32).reshape(-1, 1, 1), np.eye(4)), str(tmp_path / f"{h}.vis.mgz"))
+        paths[h] = (tmp_path / f"{h}.flat.gii", tmp_path / f"{h}.vis.mgz")
+    out = tmp_path / "map.npz"
+    assert main(["flatmap", "--lh-flat", str(paths["lh"][0]), "--rh-flat", str(paths["rh"][0]), "--lh-mask",
+                 str(paths["lh"][1]), "--rh-mask", str(paths["rh"][1]), "--size", "32", "--out", str(out)]) == 0
+    fm = load_flatmap(out)
+    assert fm.shape == (32, 32) and fm.n_vertices == (900, 900) and m[fm.vertex].all()
+    assert "written to" in capsys.readouterr().out
+    np.save(tmp_path / "short.npy", m[:10])
+    assert main(["flatmap", "--lh-flat", str(paths["lh"][0]), "--rh-flat", str(paths["rh"][0]), "--lh-mask",
+                 str(tmp_path / "short.npy"), "--out", str(out)]) == 2
+    assert "one value per vertex of the flat mesh (900 vertices)" in capsys.readouterr().err

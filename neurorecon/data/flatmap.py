@@ -25,7 +25,8 @@ import numpy as np
 
 from ..errors import DataError
 
-__all__ = ["FlatMap", "load_flatmap", "build_flatmap", "save_flatmap", "FSAVERAGE_VERTICES"]
+__all__ = ["FlatMap", "load_flatmap", "build_flatmap", "save_flatmap", "read_flat_coords", "read_vertex_mask",
+           "FSAVERAGE_VERTICES"]
 
 HEMIS = ("lh", "rh")
 #: Vertices per hemisphere of the icosahedral fsaverage meshes.
@@ -182,3 +183,52 @@ def build_flatmap(lh_xy, rh_xy, shape=(256, 256), lh_mask=None, rh_mask=None, ga
                       ids[1][np.clip(idx - len(kept[0]), 0, len(ids[1]) - 1)])
     return FlatMap(tuple(shape), inside.astype(np.int64), hemi, vertex.astype(np.int64), "",
                    (len(xy[0]), len(xy[1])))
+
+
+def read_flat_coords(path):
+    """(n, 2) flat coordinates of a mesh file: GIFTI (``.gii``, ``.gii.gz``: the pointset's x, y), a FreeSurfer
+    surface (``read_geometry``) or a ``.npy`` (n, 2|3) array."""
+    import nibabel as nib
+
+    path = str(path)
+    try:
+        if path.endswith(".npy"):
+            xy = np.load(path)
+        elif path.endswith((".gii", ".gii.gz")):
+            img = nib.load(path)
+            xy = next(d.data for d in img.darrays if d.data.ndim == 2 and d.data.shape[1] == 3)
+        else:
+            xy = nib.freesurfer.read_geometry(path)[0]
+    except (OSError, ValueError, StopIteration, EOFError) as err:
+        raise DataError(path, "a flat mesh (.gii, FreeSurfer surface or .npy of (n, 2|3) coordinates)",
+                        f"an unreadable file ({err!r})") from err
+    xy = np.asarray(xy, dtype=np.float64)
+    if xy.ndim != 2 or xy.shape[1] not in (2, 3):
+        raise DataError(path, "(n, 2) or (n, 3) vertex coordinates", f"shape {xy.shape}")
+    return xy[:, :2]
+
+
+def read_vertex_mask(path, n_vertices):
+    """Bool (n_vertices,) vertex mask: a FreeSurfer ``.label`` (its vertices), a surface volume
+    ``.mgz``/``.mgh``/``.gii`` (values > 0, e.g. NSD's fsaverage ``nsdgeneral``) or a ``.npy``."""
+    import nibabel as nib
+
+    path = str(path)
+    try:
+        if path.endswith(".label"):
+            mask = np.zeros(n_vertices, bool)
+            mask[nib.freesurfer.read_label(path)] = True
+            return mask
+        if path.endswith(".npy"):
+            values = np.load(path)
+        elif path.endswith((".gii", ".gii.gz")):
+            values = nib.load(path).darrays[0].data
+        else:
+            values = np.asanyarray(nib.load(path).dataobj)
+    except (OSError, ValueError, IndexError, EOFError) as err:
+        raise DataError(path, "a vertex mask (.label, .mgz/.mgh, .gii or .npy)", f"an unreadable file ({err!r})") from err
+    values = np.ravel(values)
+    if values.size != n_vertices:
+        raise DataError(path, f"one value per vertex of the flat mesh ({_mesh_name(n_vertices)})",
+                        f"{_mesh_name(values.size)}")
+    return values > 0

@@ -69,7 +69,7 @@ def _cmd_import(args):
     if args.ckpt is not None:
         from .foundation import load_foundation
 
-        fm = load_foundation(args.profile, config_file=args.config, device=args.device, with_lm=False)
+        fm = load_foundation(args.profile, device=args.device, with_lm=False, components=("sd", "clip_h"))
     out = import_neuropictor(args.out, ckpt=args.ckpt, encoder=args.encoder, encoder_config=args.encoder_config,
                              fm=fm, heads=args.encoder_heads, allow_pickle=args.trust_pickle,
                              full_pipeline=not args.fmri_parts_only, subject=args.subject)
@@ -163,8 +163,8 @@ def build_parser():
     s.add_argument("--subject", type=int, help="the subject a finetune_single_sub checkpoint belongs to (notebook 07 "
                                                "scores it on that subject only)")
     s.add_argument("--profile", choices=["smoke", "demo", "full"], default="full",
-                   help="the foundation the pipeline runs on (default full: SD 2.1 + OpenCLIP ViT-H/14)")
-    s.add_argument("--config", help="a run or foundation YAML with your local weight paths")
+                   help="whose complete foundation stage (notebook 02) the pipeline runs on (default full: SD 2.1 "
+                        "+ OpenCLIP ViT-H/14 at the paths that stage recorded)")
     s.add_argument("--device", help="where the foundation is loaded (default: the config's)")
     s.add_argument("--fmri-parts-only", action="store_true",
                    help="write conditioner/ and controlnet/ only, not the foundation's VAE/UNet/scheduler")

@@ -195,7 +195,7 @@ def test_cli_import_and_its_errors(fm, tmp_path, monkeypatch, capsys):
     out = tmp_path / "imp"
     assert main(["import", "neuropictor", "--ckpt", str(tmp_path / "epoch_015.pth"), "--encoder-heads", str(HEADS),
                  "--out", str(out), "--fmri-parts-only"]) == 0
-    assert calls[0][0] == ("full",) and calls[0][1]["with_lm"] is False
+    assert calls[0][0] == ("full",) and calls[0][1]["components"] == ("sd", "clip_h")
     assert "skipped (named in import.json)" in capsys.readouterr().out
     assert (out / "conditioner").is_dir() and not (out / "unet").exists()
     load_pipeline(fm, out)

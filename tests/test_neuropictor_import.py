@@ -252,3 +252,36 @@ def test_notebook_07_scores_the_released_model_as_its_own_row(fm, home, monkeypa
     assert set(t.method) == {label, label + " (shuffled fMRI)"} and set(t.subject) == {"1"}
     assert t[(t.method == label) & (t.metric == "PixCorr")].value.notna().all()
     assert any("released checkpoint is subject 1's" in m for m in logs)
+
+
+def test_sd21_topology_keys_convert(tmp_path):
+    """SD 2.1 base's ControlNet topology (4 levels, 2 blocks each, linear projections, input_blocks 0-11, 257 fMRI
+    tokens, 77 x D context, 64x64 latents) at small widths: every ldm key lands, and input_blocks.1 is not
+    confused with input_blocks.10/11."""
+    import types
+
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+                                block_out_channels=(32, 64, 128, 128), cross_attention_dim=48,
+                                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+                                attention_head_dim=(2, 4, 8, 8), use_linear_projection=True, norm_num_groups=16)
+    fm = types.SimpleNamespace(unet=unet, text_shape=(77, 48), latent_size=64,
+                               empty_tokens=lambda n: torch.zeros(n, 77, 48))
+    g = ol.Gen(7)
+    state = ol.encoder_keys(g, "fmri_encoder.transformer.", 16, 1, 16, 16)
+    state.update(ol.semantic_keys(g, 257, 16, 77, 48))
+    state.update(ol.ldm_controlnet_keys(g, dict(unet.config)))
+    state.update(ol.hint_keys(g, 257, 16, 32, 64))
+    torch.save(state, tmp_path / "sd21.pth")
+    cond, cn, report = import_checkpoint(tmp_path / "sd21.pth", fm, heads=2)
+    assert cond.encoder.num_tokens == 257 and cond.semantic.tokens[0].out_channels == 128
+    assert "control_model.input_blocks.11.0.out_layers.3.weight" in report["imported"]["controlnet"]
+    sd = cn.state_dict()
+    assert torch.equal(sd["controlnet_down_blocks.11.weight"], state["control_model.zero_convs.11.0.weight"])
+    assert torch.equal(sd["down_blocks.3.resnets.1.conv2.weight"],
+                       state["control_model.input_blocks.11.0.out_layers.3.weight"])
+    assert torch.equal(sd["down_blocks.0.resnets.0.conv1.weight"],
+                       state["control_model.input_blocks.1.0.in_layers.2.weight"])

@@ -88,3 +88,22 @@ def test_pickles_with_code_are_refused(tmp_path):
         prepare_neuropictor(root, tmp_path / "store", allow_pickle=True, progress=False)
     with pytest.raises(DataError, match="no fmri_npy folder"):
         prepare_neuropictor(root / "NSD/nsddata_stimuli", tmp_path / "store2", progress=False)
+
+
+def test_data_stage_reads_the_released_layout(tmp_path, monkeypatch):
+    from neurorecon.artifacts import read_metrics
+    from neurorecon.config import load_config
+    from neurorecon.data.stage import DataConfig, run_data_stage, store_path
+    from neurorecon.errors import ConfigError
+
+    monkeypatch.setenv("NEURORECON_HOME", str(tmp_path / "home"))
+    root, _ = write_release(tmp_path / "release")
+    cfg = load_config(DataConfig, "smoke", overrides=dict(layout="neuropictor", nsd_root=str(root), subjects=[1, 2]))
+    store = open_store(run_data_stage(cfg, progress=False))
+    assert store.meta["layout"] == "neuropictor" and store.folder == store_path("smoke")
+    m = read_metrics(store.folder.parent)
+    assert set(m[m.metric == "n_trials"].subject) == {"1", "2"} and "n_voxels" not in set(m.metric)
+    with pytest.raises(ConfigError, match="needs nsd_root"):
+        run_data_stage(load_config(DataConfig, "smoke", overrides=dict(layout="neuropictor")), force=True)
+    with pytest.raises(ConfigError, match="layout must be"):
+        run_data_stage(load_config(DataConfig, "smoke", overrides=dict(layout="hcp")))

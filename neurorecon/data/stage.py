@@ -1,4 +1,9 @@
-"""Stage ``data`` (notebook 01): simulate or locate NSD, check it, prepare the store, measure it."""
+"""Stage ``data`` (notebook 01): simulate or locate NSD, check it, prepare the store, measure it.
+
+``layout: neuropictor`` reads NeuroPictor's released preprocessed data at ``nsd_root`` instead of raw NSD
+(:mod:`neurorecon.data.neuropictor_layout`): flat maps only, so the raw-NSD check, voxel counts and ROI
+reliabilities are skipped (their metrics are absent) and the NeuroPictor stages run on it.
+"""
 
 import dataclasses
 import json
@@ -36,6 +41,8 @@ class DataConfig(StageConfig):
     flatmap: Optional[str] = None
     image_size: Optional[int] = None
     manifest: Optional[str] = None
+    layout: str = "nsd"
+    trust_pickle: bool = False
 
 
 def resolve_nsd_root(cfg):
@@ -76,13 +83,39 @@ def reliability_table(subject_data):
     return rows
 
 
+def _run_neuropictor_layout(cfg, progress):
+    from .neuropictor_layout import prepare_neuropictor
+
+    if not cfg.nsd_root:
+        raise ConfigError(f"data config (profile {cfg.profile}): layout neuropictor needs nsd_root, the folder of "
+                          "NeuroPictor's released data (with NSD/fmri_npy or fmri_npy inside)")
+    t0 = time.time()
+    with StageWriter(cfg) as w:
+        store = prepare_neuropictor(cfg.nsd_root, w.path / "store", subjects=cfg.subjects,
+                                    image_size=cfg.image_size, allow_pickle=cfg.trust_pickle, progress=progress)
+        st = open_store(store)
+        w.add_metric("prepare", "all", "all", "seconds", time.time() - t0)
+        w.add_metric("prepare", "all", "all", "n_images", st.meta["n_images"])
+        for s in st.subjects:
+            sub = st.subject(s)
+            w.add_metric("prepare", s, "train", "n_trials", len(sub.train_image_ids))
+            w.add_metric("prepare", s, "test", "n_trials", len(sub.test_trial_image_ids))
+            w.add_metric("prepare", s, "test", "n_images", len(sub.test_image_ids))
+    return store_path(cfg.profile)
+
+
 def run_data_stage(cfg, force=False, progress=True):
     """Run the data stage for a config and return the prepared store folder.
 
     A stage already complete with the same config is reused unless ``force``.
     """
+    if cfg.layout not in ("nsd", "neuropictor"):
+        raise ConfigError(f"data config (profile {cfg.profile}): layout must be nsd or neuropictor, got "
+                          f"{cfg.layout!r}")
     if not force and is_complete(cfg.STAGE, cfg.profile, cfg.digest()):
         return store_path(cfg.profile)
+    if cfg.layout == "neuropictor":
+        return _run_neuropictor_layout(cfg, progress)
     root = resolve_nsd_root(cfg)
     if cfg.simulate and not cfg.nsd_root:
         _ensure_simulated(cfg, root, progress)

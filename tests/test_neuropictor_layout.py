@@ -107,3 +107,29 @@ def test_data_stage_reads_the_released_layout(tmp_path, monkeypatch):
         run_data_stage(load_config(DataConfig, "smoke", overrides=dict(layout="neuropictor")), force=True)
     with pytest.raises(ConfigError, match="layout must be"):
         run_data_stage(load_config(DataConfig, "smoke", overrides=dict(layout="hcp")))
+
+
+def test_official_one_trial_per_image_sampling(tmp_path):
+    from neurorecon.neuropictor.data import subject_pairs
+
+    root, _ = write_release(tmp_path / "release")
+    store = open_store(prepare_neuropictor(root, tmp_path / "store", progress=False))
+    maps, ids = subject_pairs(store, 1, "last")  # subject 1 trains on images 3, 5, 7, 3, 9 (trials 0, 2, 3, 5, 6)
+    np.testing.assert_array_equal(ids, [5, 7, 3, 9])  # in trial order of their last repetitions
+    raw = np.load(root / "NSD/fmri_npy/01_norm/surf_000005.npy")  # image 3's last trial is file 5
+    np.testing.assert_allclose(np.asarray(maps[list(ids).index(3)], np.float32), raw, atol=1e-2)
+    avg_maps, avg_ids = subject_pairs(store, 1, "average")
+    np.testing.assert_array_equal(avg_ids, [3, 5, 7, 9])
+
+
+def test_gradient_clipping_option_reaches_fit(monkeypatch):
+    import types
+
+    from neurorecon.neuropictor import stage
+
+    seen = {}
+    monkeypatch.setattr(stage, "fit", lambda *a, **k: seen.update(k))
+    model = types.SimpleNamespace(semantic_weight=0.0)
+    stage.train_neuropictor(model, None, None, steps=1, batch_size=1, lr=1e-4, weight_decay=0.0, seed=0,
+                            ckpt_dir=None, ckpt_every=0, max_grad_norm=0.0)
+    assert seen["max_grad_norm"] == 0.0

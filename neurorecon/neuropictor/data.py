@@ -2,8 +2,9 @@
 
 Repetitions: NSD shows each training image up to 3 times. NeuroPictor trained on one sample per (subject, image);
 ``repetitions="average"`` (our default) follows that with the mean of the image's trials, which also matches
-the test inputs (repetition-averaged, as the field evaluates). ``repetitions="trials"`` keeps every single trial
-as its own sample (3× the samples, each noisier: a form of noise augmentation).
+the test inputs (repetition-averaged, as the field evaluates). ``repetitions="last"`` is the official code's
+choice: the last trial of each image alone (its image → trial lookup keeps the last trial). ``repetitions="trials"``
+keeps every single trial as its own sample (3× the samples, each noisier: a form of noise augmentation).
 
 Latents are the VAE posterior means of the training images, computed once (the VAE is frozen) into a cache folder
 as ``.npy`` files the processes memory-map; in multi-process runs the main process writes them and the others
@@ -32,7 +33,12 @@ def subject_pairs(store, subject, repetitions="average"):
         return maps.astype(np.float16), ids
     if repetitions == "trials":
         return sub.train_flat, np.asarray(sub.train_image_ids)
-    raise ValueError(f"repetitions must be 'average' or 'trials', got {repetitions!r}")
+    if repetitions == "last":
+        trial_ids = np.asarray(sub.train_image_ids)
+        ids, rev = np.unique(trial_ids[::-1], return_index=True)
+        rows = len(trial_ids) - 1 - rev  # the last trial of each (sorted) image
+        return np.asarray(sub.train_flat[np.sort(rows)]), trial_ids[np.sort(rows)]
+    raise ValueError(f"repetitions must be 'average', 'last' or 'trials', got {repetitions!r}")
 
 
 def cache_latents(fm, store, image_ids, folder, accelerator=None, batch_size=64):

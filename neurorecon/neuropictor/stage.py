@@ -49,6 +49,7 @@ __all__ = ["PretrainConfig", "RefineConfig", "run_pretrain_stage", "run_refine_s
 @dataclasses.dataclass
 class _Common(StageConfig):
     repetitions: str = "average"
+    max_grad_norm: float = 1.0
     batch_size: int = 32
     weight_decay: float = 0.01
     seed: int = 0
@@ -127,8 +128,11 @@ def stage_checkpoint_dir(cfg, upstream):
 
 def _setup(cfg, foundation):
     """Check the config; return the accelerator, the foundation (``foundation`` or the profile's) and the store."""
-    if cfg.repetitions not in ("average", "trials"):
-        raise ConfigError(f"{cfg.STAGE} config: repetitions must be 'average' or 'trials', got {cfg.repetitions!r}")
+    if cfg.repetitions not in ("average", "last", "trials"):
+        raise ConfigError(f"{cfg.STAGE} config: repetitions must be 'average', 'last' or 'trials', got "
+                          f"{cfg.repetitions!r}")
+    if cfg.max_grad_norm < 0:
+        raise ConfigError(f"{cfg.STAGE} config: max_grad_norm must be >= 0 (0 = no clipping), got {cfg.max_grad_norm}")
     if cfg.scheduler not in ("ddim", "dpm++"):
         raise ConfigError(f"{cfg.STAGE} config: scheduler must be 'ddim' or 'dpm++', got {cfg.scheduler!r}")
     if cfg.num_threads:
@@ -141,8 +145,8 @@ def _setup(cfg, foundation):
 
 def train_neuropictor(model, data, fm, *, steps, batch_size, lr, weight_decay, seed, ckpt_dir, ckpt_every,
                       mixed_precision="no", gradient_checkpointing=False, desc="NeuroPictor", progress=True,
-                      accelerator=None, stop_after=None):
-    """:func:`neurorecon.training.fit` with NeuroPictor's loss. With a semantic weight, each sample's target is
+                      accelerator=None, stop_after=None, max_grad_norm=1.0):
+    """:func:`neurorecon.training.fit` with NeuroPictor's loss (gradients clipped to ``max_grad_norm``, 0 = off). With a semantic weight, each sample's target is
     the text tokens of one of its image's captions, drawn from the step's generator (resume-exact)."""
     semantic = model.semantic_weight > 0
 
@@ -157,7 +161,7 @@ def train_neuropictor(model, data, fm, *, steps, batch_size, lr, weight_decay, s
     return fit(model, loss_fn, data, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
                ckpt_dir=ckpt_dir, ckpt_every=ckpt_every, mixed_precision=mixed_precision,
                gradient_checkpointing=gradient_checkpointing, desc=desc, progress=progress, accelerator=accelerator,
-               stop_after=stop_after)
+               stop_after=stop_after, max_grad_norm=max_grad_norm)
 
 
 def _pairs(fm, store, subjects, repetitions, cache, acc, captions=False):
@@ -239,7 +243,7 @@ def run_pretrain_stage(cfg, force=False, progress=True, foundation=None, stop_af
                             weight_decay=cfg.weight_decay, seed=cfg.seed, ckpt_dir=ckpt / "train",
                             ckpt_every=cfg.ckpt_every, mixed_precision=cfg.mixed_precision,
                             gradient_checkpointing=cfg.gradient_checkpointing, desc="pretrain", progress=progress,
-                            accelerator=acc, stop_after=stop_after)
+                            accelerator=acc, stop_after=stop_after, max_grad_norm=cfg.max_grad_norm)
     cpu = time.process_time() - cpu0
     if stop_after is not None and res.steps < cfg.steps:
         return None
@@ -299,7 +303,8 @@ def run_refine_stage(cfg, force=False, progress=True, foundation=None, stop_afte
     pipe0 = load_pipeline(fm, pre / "model", cfg.scheduler)
     common = dict(batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, seed=cfg.seed,
                   ckpt_every=cfg.ckpt_every, mixed_precision=cfg.mixed_precision,
-                  gradient_checkpointing=cfg.gradient_checkpointing, progress=progress, accelerator=acc)
+                  gradient_checkpointing=cfg.gradient_checkpointing, progress=progress, accelerator=acc,
+                  max_grad_norm=cfg.max_grad_norm)
     refined = NeuroPictorModel(pipe0.conditioner.with_residual(), copy.deepcopy(pipe0.controlnet), fm.unet,
                                fm.scheduler_config, 0.0, cfg.semantic_weight)
     cpu0 = time.process_time()

@@ -285,3 +285,34 @@ def test_sd21_topology_keys_convert(tmp_path):
                        state["control_model.input_blocks.11.0.out_layers.3.weight"])
     assert torch.equal(sd["down_blocks.0.resnets.0.conv1.weight"],
                        state["control_model.input_blocks.1.0.in_layers.2.weight"])
+
+
+@pytest.mark.slow
+def test_cli_import_on_the_full_profile_foundation(tmp_path, capsys):
+    """The import's full-profile path: the foundation from the full foundation stage's record (tiny weights in the
+    real formats, frozen in float16), the ControlNet sized to that SD UNet, the empty context from its OpenCLIP."""
+    from neurorecon.artifacts import StageWriter
+    from neurorecon.cli import main
+    from neurorecon.config import load_config
+    from neurorecon.foundation import FoundationConfig, load_foundation
+    from neurorecon.foundation.load import COMPONENTS, PATHS_FILE, configured_components
+    from tiny_weights import write_weights
+
+    paths = write_weights(tmp_path / "weights")
+    cfg = load_config(FoundationConfig, "full", overrides={**paths, "dtype": "float16", "device": "cpu"})
+    with StageWriter(cfg) as w:  # what notebook 02 leaves in the full profile
+        keep = {k for c in configured_components(paths) for k in COMPONENTS[c][0]}
+        (w.path / PATHS_FILE).write_text(json.dumps({k: v for k, v in paths.items() if k in keep}))
+    fm = load_foundation("full", with_lm=False, components=("sd", "clip_h"))
+    assert fm.unet.dtype == torch.float16
+    state = released_state(fm)
+    torch.save(state, tmp_path / "epoch_015.pth")
+    out = tmp_path / "np_sub01"
+    assert main(["import", "neuropictor", "--ckpt", str(tmp_path / "epoch_015.pth"), "--encoder-heads", str(HEADS),
+                 "--subject", "1", "--out", str(out)]) == 0, capsys.readouterr().err
+    pipe = load_pipeline(fm, out)
+    assert pipe.conditioner.dtype == torch.float32 and json.loads((out / "import.json").read_text())["subject"] == 1
+    maps = np.random.default_rng(0).normal(size=(1, MAP, MAP)).astype(np.float32)
+    images = pipe(maps, num_inference_steps=2, generator=[torch.Generator().manual_seed(0)]).images
+    assert images.shape == (1, 3, fm.image_size, fm.image_size) and torch.isfinite(images).all()
+    assert torch.equal(pipe.conditioner.empty_context.cpu(), fm.empty_tokens(1).float().cpu())

@@ -316,3 +316,36 @@ def test_cli_import_on_the_full_profile_foundation(tmp_path, capsys):
     images = pipe(maps, num_inference_steps=2, generator=[torch.Generator().manual_seed(0)]).images
     assert images.shape == (1, 3, fm.image_size, fm.image_size) and torch.isfinite(images).all()
     assert torch.equal(pipe.conditioner.empty_context.cpu(), fm.empty_tokens(1).float().cpu())
+
+
+def test_paper_widths_map_and_match(tmp_path):
+    """The released model's own widths (256x256 maps, patch 16 -> 257 tokens of 1024, 16 heads; 257 -> 128 -> 77
+    tokens of 1024; hint 257 -> 514 -> 320 channels, 1024 -> 64x64), two blocks instead of 24."""
+    from neurorecon.neuropictor import FMRIConditioner, FMRIHintMapper
+    from neurorecon.neuropictor import convert as cv
+
+    g = ol.Gen(11)
+    state = ol.encoder_keys(g, "fmri_encoder.transformer.", 1024, 2, 16, 16)
+    state.update(ol.semantic_keys(g, 257, 1024, 77, 1024))
+    state.update(ol.hint_keys(g, 257, 1024, 320, 64))
+    shape = cv.encoder_shape(state, cv.ENCODER, yaml_shape=dict(heads=16, patch=16, width=1024, depth=2,
+                                                                map_size=[256, 256]))
+    assert shape == dict(map_size=256, patch=16, width=1024, depth=2, mlp_ratio=4.0, heads=16)
+    cond = FMRIConditioner(**shape, text_len=77, text_dim=1024, semantic_mid=128, residual=True)
+    used = set()
+    mapped = cv.conditioner_state(state, used)
+    mapped["empty_context"] = torch.zeros(1, 77, 1024)
+    assert cv.fill_strict(cond, mapped, "conditioner") == []
+    hint = FMRIHintMapper(257, 1024, 320, 64)
+    mapped = {k.split("controlnet_cond_embedding.")[1]: v for k, v in cv.hint_mapper_state(state, used).items()}
+    assert cv.fill_strict(hint, mapped, "hint") == []
+    assert used == {k for k in state if not k.endswith(("pred.weight", "pred.bias", "mask_token"))}
+    maps = torch.randn(2, 256, 256, generator=torch.Generator().manual_seed(0))
+    ref_tokens = ol.official_tokens(state, "fmri_encoder.transformer.", maps, 16)
+    ref_ctx, _ = ol.official_semantic(state, ref_tokens)
+    with torch.no_grad():
+        tokens, ctx, _ = cond.double()(maps.double())
+        out = hint.double()(ref_tokens)
+    assert tokens.shape == (2, 257, 1024) and ctx.shape == (2, 77, 1024) and out.shape == (2, 320, 64, 64)
+    assert (tokens - ref_tokens).abs().max() < 1e-6 and (ctx - ref_ctx).abs().max() < 1e-6
+    assert (out - ol.official_hint(state, ref_tokens, 320, 64)).abs().max() < 1e-6

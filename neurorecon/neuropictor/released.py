@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..artifacts import atomic_dir
-from ..encoding.model import FMRIAutoencoder, FMRIEncoder, sincos_2d
+from ..encoding.model import FMRIAutoencoder, sincos_2d
 from ..errors import DataError
 from . import convert as cv
 from .controlnet import FMRIControlNetModel
@@ -183,8 +183,3 @@ def import_neuropictor(out, ckpt=None, encoder=None, encoder_config=None, fm=Non
             report["foundation"] = dict(getattr(fm, "names", {}) or {}, profile=getattr(fm, "profile", None))
         (tmp / "import.json").write_text(json.dumps(report, indent=1, default=str))
     return out
-
-
-def load_imported_encoder(folder):
-    """The :class:`FMRIEncoder` of an import folder (``encoder/``)."""
-    return FMRIEncoder.from_pretrained(Path(folder) / "encoder")

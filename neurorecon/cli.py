@@ -72,7 +72,8 @@ def _cmd_import(args):
         fm = load_foundation(args.profile, device=args.device, with_lm=False, components=("sd", "clip_h"))
     out = import_neuropictor(args.out, ckpt=args.ckpt, encoder=args.encoder, encoder_config=args.encoder_config,
                              fm=fm, heads=args.encoder_heads, allow_pickle=args.trust_pickle,
-                             full_pipeline=not args.fmri_parts_only, subject=args.subject)
+                             full_pipeline=not args.fmri_parts_only, subject=args.subject,
+                             allow_other_unet=args.allow_other_unet)
     info = json.loads((out / "import.json").read_text())
     for key, what in (("checkpoint", "fMRI-to-image checkpoint"), ("encoder_file", "UK Biobank autoencoder")):
         if key in info:
@@ -81,6 +82,15 @@ def _cmd_import(args):
             detail = (f"{sum(counts['imported'].values())} keys imported, {counts['skipped']} skipped (named in "
                       "import.json)" if counts else f"{part['n_keys']} keys imported")
             print(f"{what} {part['source']}: {detail}")
+            unet = part.get("frozen_unet")
+            if unet is not None:
+                if unet["equal"]:
+                    msg = "equals the foundation's"
+                elif unet["equal"] is None:
+                    msg = f"was not compared: {unet['reason']}"
+                else:
+                    msg = f"is NOT the foundation's ({unet.get('reason') or str(unet['n_differing']) + ' tensors differ'})"
+                print(f"  its frozen UNet {msg}")
     print(f"written to {out}")
 
 
@@ -170,6 +180,8 @@ def build_parser():
                    help="write conditioner/ and controlnet/ only, not the foundation's VAE/UNet/scheduler")
     s.add_argument("--trust-pickle", action="store_true",
                    help="unpickle files that hold more than tensors (can run code: only files you trust)")
+    s.add_argument("--allow-other-unet", action="store_true",
+                   help="import even if the checkpoint's frozen UNet is not the foundation's (recorded)")
     s.set_defaults(func=_cmd_import)
 
     s = sub.add_parser("flatmap", help="build the vertex -> pixel flat map prepare uses for surface betas")

@@ -148,7 +148,7 @@ def ldm_controlnet_keys(g, unet_config, hint_channels=3):
 
 def junk_keys(g):
     """One key of each frozen or unused part the released fMRI-to-image checkpoint also holds."""
-    return {"model.diffusion_model.input_blocks.0.0.weight": g(8, 4, 3, 3), "first_stage_model.encoder.conv_in.weight":
+    return {"first_stage_model.encoder.conv_in.weight":
             g(8, 3, 3, 3), "cond_stage_model.model.token_embedding.weight": g(10, 8), "betas": g(1000),
             "alphas_cumprod": g(1000), "alphas_cumprod_prev": g(1000), "posterior_mean_coef1": g(1000),
             "scale_factor": torch.tensor(0.18215), "logvar": g(1000), "loss_fn_alex.net.slice1.0.weight":
@@ -231,3 +231,46 @@ def official_hint(state, tokens, channels, size):
     x = _conv1(_conv1(tokens.double(), s, p + "channel_mapper.0."), s, p + "channel_mapper.1.")
     x = F.silu(_lin(x, s, p + "dim_mapper.0."))
     return _conv1(x, s, p + "out.", pad=1).reshape(-1, channels, size, size)
+
+
+def ldm_unet_keys(g, unet_config):
+    """``model.diffusion_model.*`` of an ldm UNet (openaimodel) shaped like a diffusers UNet config."""
+    c = unet_config
+    chans, lpb, ctx = list(c["block_out_channels"]), c["layers_per_block"], c["cross_attention_dim"]
+    linear = bool(c.get("use_linear_projection"))
+    attn = [t.startswith("CrossAttn") for t in c["down_block_types"]]
+    c0, temb = chans[0], 4 * chans[0]
+    s = {"time_embed.0.weight": g(temb, c0), "time_embed.0.bias": g(temb), "time_embed.2.weight": g(temb, temb),
+         "time_embed.2.bias": g(temb), "input_blocks.0.0.weight": g(c0, c["in_channels"], 3, 3),
+         "input_blocks.0.0.bias": g(c0)}
+    skips, idx, ch = [c0], 1, c0
+    for level, cout in enumerate(chans):
+        for _ in range(lpb):
+            _res(g, s, f"input_blocks.{idx}.0.", ch, cout, temb)
+            if attn[level]:
+                _spatial(g, s, f"input_blocks.{idx}.1.", cout, ctx, linear)
+            ch = cout
+            skips.append(ch)
+            idx += 1
+        if level != len(chans) - 1:
+            s[f"input_blocks.{idx}.0.op.weight"], s[f"input_blocks.{idx}.0.op.bias"] = g(ch, ch, 3, 3), g(ch)
+            skips.append(ch)
+            idx += 1
+    _res(g, s, "middle_block.0.", ch, ch, temb)
+    _spatial(g, s, "middle_block.1.", ch, ctx, linear)
+    _res(g, s, "middle_block.2.", ch, ch, temb)
+    idx = 0
+    for level in reversed(range(len(chans))):
+        cout = chans[level]
+        for i in range(lpb + 1):
+            _res(g, s, f"output_blocks.{idx}.0.", ch + skips.pop(), cout, temb)
+            ch, n = cout, 1
+            if attn[level]:
+                _spatial(g, s, f"output_blocks.{idx}.1.", ch, ctx, linear)
+                n = 2
+            if level and i == lpb:
+                s[f"output_blocks.{idx}.{n}.conv.weight"], s[f"output_blocks.{idx}.{n}.conv.bias"] = g(ch, ch, 3, 3), g(ch)
+            idx += 1
+    s["out.0.weight"], s["out.0.bias"] = g(ch, offset=1.0), g(ch)
+    s["out.2.weight"], s["out.2.bias"] = g(c["out_channels"], ch, 3, 3), g(c["out_channels"])
+    return {"model.diffusion_model." + k: v for k, v in s.items()}

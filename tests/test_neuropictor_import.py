@@ -34,13 +34,20 @@ def home(new_smoke_home):
 
 
 def released_state(fm, seed=0):
+    """A released-layout checkpoint for ``fm``; its frozen UNet is loaded into ``fm.unet`` (the foundation is
+    the UNet the released model was trained around)."""
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
     g = ol.Gen(seed)
+    unet = ol.ldm_unet_keys(g, dict(fm.unet.config))
+    fm.unet.load_state_dict(convert_ldm_unet_checkpoint(unet, dict(fm.unet.config)))
     text_len, text_dim = fm.text_shape
     s = ol.encoder_keys(g, "fmri_encoder.transformer.", WIDTH, DEPTH, PATCH, GRID)
     s.update(ol.semantic_keys(g, TOKENS, WIDTH, text_len, text_dim))
     s.update(ol.ldm_controlnet_keys(g, dict(fm.unet.config)))
     s.update(ol.hint_keys(g, TOKENS, WIDTH, fm.unet.config.block_out_channels[0], fm.latent_size))
     s.update(ol.junk_keys(g))
+    s.update(unet)
     return s
 
 
@@ -92,6 +99,19 @@ def test_checkpoint_import_matches_the_official_forward(fm, tmp_path):
     assert "fmri_encoder.transformer.pred.weight" in skipped and "model.diffusion_model.input_blocks.0.0.weight" in skipped
     assert report["positions_equal_mae_sincos"] is True
     assert torch.equal(cond.empty_context, fm.empty_tokens(1).float())
+    assert report["frozen_unet"]["compared"] and report["frozen_unet"]["equal"]
+
+
+def test_a_foundation_unet_other_than_the_released_one_is_refused(fm, tmp_path):
+    state = released_state(fm)
+    key = "model.diffusion_model.output_blocks.2.0.out_layers.3.weight"
+    state[key] = state[key] + 0.05
+    torch.save(state, tmp_path / "other.pth")
+    with pytest.raises(CheckpointMismatchError, match="not the foundation's.*up_blocks.1.resnets.0.conv2.weight"
+                                                      ".*--allow-other-unet"):
+        import_checkpoint(tmp_path / "other.pth", fm, heads=HEADS)
+    _, _, report = import_checkpoint(tmp_path / "other.pth", fm, heads=HEADS, allow_other_unet=True)
+    assert report["frozen_unet"]["equal"] is False and report["frozen_unet"]["n_differing"] == 1
 
 
 def test_controlnet_body_is_a_bijection_of_the_ldm_weights(fm, tmp_path):
@@ -306,10 +326,12 @@ def test_cli_import_on_the_full_profile_foundation(tmp_path, capsys):
     fm = load_foundation("full", with_lm=False, components=("sd", "clip_h"))
     assert fm.unet.dtype == torch.float16
     state = released_state(fm)
+    fm.unet.save_pretrained(f"{paths['sd_path']}/unet")  # the SD on disk is the UNet the release was trained around
     torch.save(state, tmp_path / "epoch_015.pth")
     out = tmp_path / "np_sub01"
     assert main(["import", "neuropictor", "--ckpt", str(tmp_path / "epoch_015.pth"), "--encoder-heads", str(HEADS),
                  "--subject", "1", "--out", str(out)]) == 0, capsys.readouterr().err
+    assert "its frozen UNet equals the foundation's" in capsys.readouterr().out
     pipe = load_pipeline(fm, out)
     assert pipe.conditioner.dtype == torch.float32 and json.loads((out / "import.json").read_text())["subject"] == 1
     maps = np.random.default_rng(0).normal(size=(1, MAP, MAP)).astype(np.float32)

@@ -25,7 +25,7 @@ from . import convert as cv
 from .controlnet import FMRIControlNetModel
 from .heads import FMRIConditioner
 
-__all__ = ["import_autoencoder", "import_checkpoint", "import_neuropictor"]
+__all__ = ["import_autoencoder", "import_checkpoint", "import_neuropictor", "compare_frozen_unet"]
 
 
 def _positions_note(state, key, width, grid):
@@ -40,6 +40,42 @@ def _positions_note(state, key, width, grid):
 def _unused(state, keys, used, source):
     left = sorted(k for k in keys if k not in used)
     return [f"{source}: released key {k} {tuple(state[k].shape)} is not taken by any target" for k in left]
+
+
+def compare_frozen_unet(state, unet, rtol=2e-3, atol=1e-5):
+    """Whether the checkpoint's frozen UNet (``model.diffusion_model.*``, through diffusers' ldm→diffusers UNet
+    conversion) is the foundation's ``unet`` (to fp16 rounding): the released model was trained around it.
+
+    Returns
+    -------
+    dict
+        ``compared`` (bool), ``equal`` (bool or None), ``reason`` or ``max_abs_diff`` and up to 10 ``differing``
+        keys.
+    """
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    ldm = {k: v for k, v in state.items() if k.startswith("model.diffusion_model.")}
+    if not ldm:
+        return dict(compared=False, equal=None, reason="the checkpoint holds no model.diffusion_model.* keys")
+    target = unet.state_dict()
+    try:
+        conv = convert_ldm_unet_checkpoint(ldm, dict(unet.config))
+    except Exception as err:  # noqa: BLE001  (a partial or foreign UNet: any key error of the conversion)
+        return dict(compared=False, equal=False, reason=f"its UNet does not convert to the foundation's layout "
+                                                        f"({type(err).__name__}: {err})")
+    missing = [k for k in target if conv.get(k) is None or tuple(conv[k].shape) != tuple(target[k].shape)]
+    if missing:
+        return dict(compared=False, equal=False, reason=f"{len(missing)} of the foundation UNet's tensors have no "
+                                                        f"counterpart of that shape, e.g. {missing[:3]}")
+    worst, differing = 0.0, []
+    for k, t in target.items():
+        a, b = conv[k].float(), t.detach().float().cpu()
+        d = (a - b).abs()
+        worst = max(worst, float(d.max()) if d.numel() else 0.0)
+        if bool((d > atol + rtol * b.abs()).any()):
+            differing.append(k)
+    return dict(compared=True, equal=not differing, max_abs_diff=worst, differing=differing[:10],
+                n_differing=len(differing))
 
 
 def import_autoencoder(path, encoder_config=None, heads=None, allow_pickle=False):
@@ -82,8 +118,12 @@ def import_autoencoder(path, encoder_config=None, heads=None, allow_pickle=False
     return model.eval(), report
 
 
-def import_checkpoint(path, fm, heads=None, yaml_shape=None, allow_pickle=False):
+def import_checkpoint(path, fm, heads=None, yaml_shape=None, allow_pickle=False, allow_other_unet=False):
     """A released fMRI-to-image checkpoint as our trainable parts, sized to the foundation ``fm``.
+
+    The checkpoint's frozen UNet is compared with the foundation's (:func:`compare_frozen_unet`): one that differs
+    or has another layout is an error unless ``allow_other_unet``; a checkpoint without one is recorded as not
+    compared (``frozen_unet`` in the report).
 
     Returns
     -------
@@ -118,6 +158,12 @@ def import_checkpoint(path, fm, heads=None, yaml_shape=None, allow_pickle=False)
     cn_state.update(cv.hint_mapper_state(state, used))
     problems += cv.fill_strict(controlnet, cn_state, "controlnet")
     problems += _unused(state, kept, used, str(path))
+    unet_check = compare_frozen_unet(state, fm.unet)
+    if unet_check["equal"] is False and not allow_other_unet:
+        what = unet_check.get("reason") or (f"{unet_check['n_differing']} tensors differ, e.g. "
+                                            f"{unet_check['differing'][:3]}; max |diff| {unet_check['max_abs_diff']:.3g}")
+        problems.append(f"its frozen UNet is not the foundation's ({what}): the released model was trained around "
+                        "SD 2.1 base; point the foundation at it, or pass --allow-other-unet to import anyway")
     if problems:
         raise cv.CheckpointMismatchError(path, problems)
     grid = shape["map_size"] // shape["patch"]
@@ -128,7 +174,8 @@ def import_checkpoint(path, fm, heads=None, yaml_shape=None, allow_pickle=False)
                   imported={part: sorted(k for k in kept if k.startswith(p)) for part, p in
                             (("encoder", cv.ENCODER), ("semantic", cv.COND), ("hint_mapper", cv.HINT))},
                   skipped={why: sorted(keys) for why, keys in reasons.items()}, encoder_shape=shape,
-                  positions_equal_mae_sincos=_positions_note(state, cv.ENCODER + "pos_embed", shape["width"], grid))
+                  positions_equal_mae_sincos=_positions_note(state, cv.ENCODER + "pos_embed", shape["width"], grid),
+                  frozen_unet=unet_check)
     report["imported"]["controlnet"] = sorted(k for k in kept if k.startswith(cv.CONTROL) and not k.startswith(cv.HINT))
     report["counts"] = dict(imported={k: len(v) for k, v in report["imported"].items()},
                             skipped=sum(len(v) for v in reasons.values()), total=len(state))
@@ -136,7 +183,7 @@ def import_checkpoint(path, fm, heads=None, yaml_shape=None, allow_pickle=False)
 
 
 def import_neuropictor(out, ckpt=None, encoder=None, encoder_config=None, fm=None, heads=None, allow_pickle=False,
-                       full_pipeline=True, scheduler="ddim", subject=None):
+                       full_pipeline=True, scheduler="ddim", subject=None, allow_other_unet=False):
     """Write the imported models into ``out`` (atomically; see the module docstring). Returns ``out``.
 
     Parameters
@@ -156,6 +203,8 @@ def import_neuropictor(out, ckpt=None, encoder=None, encoder_config=None, fm=Non
         Also write the foundation's VAE, UNet and a scheduler: a complete ``NeuroPictorPipeline`` folder.
     subject : int, optional
         The subject a single-subject checkpoint was refined on (recorded; notebook 07 scores it on that one).
+    allow_other_unet : bool
+        Import even if the checkpoint's frozen UNet differs from the foundation's (recorded in ``import.json``).
     """
     from .evaluate import pipeline_from_model
 
@@ -168,7 +217,8 @@ def import_neuropictor(out, ckpt=None, encoder=None, encoder_config=None, fm=Non
     if encoder is not None:
         ae, report["encoder_file"] = import_autoencoder(encoder, encoder_config, heads, allow_pickle)
     if ckpt is not None:
-        conditioner, controlnet, report["checkpoint"] = import_checkpoint(ckpt, fm, heads, yaml_shape, allow_pickle)
+        conditioner, controlnet, report["checkpoint"] = import_checkpoint(ckpt, fm, heads, yaml_shape, allow_pickle,
+                                                                          allow_other_unet)
     out = Path(out)
     with atomic_dir(out) as tmp:
         if encoder is not None:

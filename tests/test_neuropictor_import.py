@@ -371,3 +371,20 @@ def test_paper_widths_map_and_match(tmp_path):
     assert tokens.shape == (2, 257, 1024) and ctx.shape == (2, 77, 1024) and out.shape == (2, 320, 64, 64)
     assert (tokens - ref_tokens).abs().max() < 1e-6 and (ctx - ref_ctx).abs().max() < 1e-6
     assert (out - ol.official_hint(state, ref_tokens, 320, 64)).abs().max() < 1e-6
+
+
+def test_unet_check_tolerates_the_foundations_rounding_only():
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    from neurorecon.foundation.tiny import tiny_unet
+    from neurorecon.neuropictor.released import compare_frozen_unet
+
+    unet = tiny_unet(8, 16, (16, 32))
+    state = ol.ldm_unet_keys(ol.Gen(9), dict(unet.config))
+
+    unet.load_state_dict(convert_ldm_unet_checkpoint(state, dict(unet.config)))
+    assert compare_frozen_unet(state, unet.to(torch.bfloat16))["equal"]  # bf16 rounding of the same weights
+    state["model.diffusion_model.out.2.bias"] = state["model.diffusion_model.out.2.bias"] + 0.1
+    check = compare_frozen_unet(state, unet)
+    assert check["compared"] and check["differing"] == ["conv_out.bias"]
+    assert compare_frozen_unet({"x": torch.zeros(1)}, unet)["equal"] is None

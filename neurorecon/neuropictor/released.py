@@ -42,9 +42,11 @@ def _unused(state, keys, used, source):
     return [f"{source}: released key {k} {tuple(state[k].shape)} is not taken by any target" for k in left]
 
 
-def compare_frozen_unet(state, unet, rtol=2e-3, atol=1e-5):
+def compare_frozen_unet(state, unet, rtol=None, atol=1e-5):
     """Whether the checkpoint's frozen UNet (``model.diffusion_model.*``, through diffusers' ldm→diffusers UNet
-    conversion) is the foundation's ``unet`` (to fp16 rounding): the released model was trained around it.
+    conversion) is the foundation's ``unet``, to the rounding of fp16 weight files or of the foundation's dtype
+    (``rtol`` default: the larger of 2e-3 and twice its epsilon, 1.6e-2 for bfloat16): the released model was
+    trained around it.
 
     Returns
     -------
@@ -68,6 +70,8 @@ def compare_frozen_unet(state, unet, rtol=2e-3, atol=1e-5):
         return dict(compared=False, equal=False, reason=f"{len(missing)} of the foundation UNet's tensors have no "
                                                         f"counterpart of that shape, e.g. {missing[:3]}")
     worst, differing = 0.0, []
+    if rtol is None:
+        rtol = max(2e-3, 2 * max(torch.finfo(t.dtype).eps for t in target.values() if t.is_floating_point()))
     for k, t in target.items():
         a, b = conv[k].float(), t.detach().float().cpu()
         d = (a - b).abs()

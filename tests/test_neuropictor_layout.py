@@ -133,3 +133,26 @@ def test_gradient_clipping_option_reaches_fit(monkeypatch):
     stage.train_neuropictor(model, None, None, steps=1, batch_size=1, lr=1e-4, weight_decay=0.0, seed=0,
                             ckpt_dir=None, ckpt_every=0, max_grad_norm=0.0)
     assert seen["max_grad_norm"] == 0.0
+
+
+def test_parallel_branch_initialisations():
+    import torch
+
+    from neurorecon.neuropictor import FMRIConditioner
+
+    torch.manual_seed(0)
+    cond = FMRIConditioner(map_size=16, patch=8, width=16, depth=1, heads=2, text_len=4, text_dim=8, semantic_mid=3)
+    maps = torch.randn(2, 16, 16)
+    before = torch.get_rng_state()
+    for init in ("copy", "random"):
+        r = cond.with_residual(init, seed=1)
+        with torch.no_grad():
+            _, ctx, main = r(maps)
+        assert torch.equal(ctx, main)  # the zero output conv: both start neutral
+        same = torch.equal(r.residual_head.proj.weight, cond.semantic.proj.weight)
+        assert same == (init == "copy")
+    assert torch.equal(torch.get_rng_state(), before)  # seeded without touching the global generator
+    again = cond.with_residual("random", seed=1)
+    assert torch.equal(again.residual_head.proj.weight, r.residual_head.proj.weight)
+    with pytest.raises(ValueError, match="copy' or 'random"):
+        cond.with_residual("zeros")

@@ -79,15 +79,22 @@ class FMRIConditioner(StrictLoadMixin, ModelMixin, ConfigMixin):
             model.empty_context.copy_(empty_context.reshape(1, text_len, text_dim))
         return model
 
-    def with_residual(self):
-        """A copy with the refinement branch: ``residual_head`` starts as a copy of the main head, the conv at 0."""
+    def with_residual(self, init="copy", seed=0):
+        """A copy with the refinement branch, its output conv at 0: ``residual_head`` starts as a copy of the main
+        head (``init="copy"``, our default) or freshly initialised with torch's default layer init, seeded
+        (``"random"``, as the official code builds its parallel branch)."""
+        if init not in ("copy", "random"):
+            raise ValueError(f"residual init must be 'copy' or 'random', got {init!r}")
         if self.config.residual:
             return copy.deepcopy(self)
         kwargs = {k: v for k, v in self.config.items() if not k.startswith("_")}
-        model = type(self)(**{**kwargs, "residual": True})
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = type(self)(**{**kwargs, "residual": True})
         missing = model.load_state_dict(self.state_dict(), strict=False).missing_keys
         assert all(k.startswith("residual_") for k in missing), missing
-        model.residual_head.load_state_dict(self.semantic.state_dict())
+        if init == "copy":
+            model.residual_head.load_state_dict(self.semantic.state_dict())
         return model
 
     def encode(self, maps):

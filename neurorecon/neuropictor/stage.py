@@ -96,6 +96,7 @@ class RefineConfig(_Common):
     steps: int = 100
     lr: float = 1.0e-3
     semantic_weight: float = 0.1
+    residual_init: str = "copy"
     mask_steps: int = 40
     mask_lr: float = 1.0e-4
     mask_cfg_prob: float = 0.05
@@ -131,6 +132,8 @@ def _setup(cfg, foundation):
     if cfg.repetitions not in ("average", "last", "trials"):
         raise ConfigError(f"{cfg.STAGE} config: repetitions must be 'average', 'last' or 'trials', got "
                           f"{cfg.repetitions!r}")
+    if getattr(cfg, "residual_init", "copy") not in ("copy", "random"):
+        raise ConfigError(f"{cfg.STAGE} config: residual_init must be 'copy' or 'random', got {cfg.residual_init!r}")
     if cfg.max_grad_norm < 0:
         raise ConfigError(f"{cfg.STAGE} config: max_grad_norm must be >= 0 (0 = no clipping), got {cfg.max_grad_norm}")
     if cfg.scheduler not in ("ddim", "dpm++"):
@@ -305,7 +308,8 @@ def run_refine_stage(cfg, force=False, progress=True, foundation=None, stop_afte
                   ckpt_every=cfg.ckpt_every, mixed_precision=cfg.mixed_precision,
                   gradient_checkpointing=cfg.gradient_checkpointing, progress=progress, accelerator=acc,
                   max_grad_norm=cfg.max_grad_norm)
-    refined = NeuroPictorModel(pipe0.conditioner.with_residual(), copy.deepcopy(pipe0.controlnet), fm.unet,
+    refined = NeuroPictorModel(pipe0.conditioner.with_residual(cfg.residual_init, cfg.seed),
+                               copy.deepcopy(pipe0.controlnet), fm.unet,
                                fm.scheduler_config, 0.0, cfg.semantic_weight)
     cpu0 = time.process_time()
     res = train_neuropictor(refined, data, fm, steps=cfg.steps, lr=cfg.lr, ckpt_dir=ckpt / "refined",

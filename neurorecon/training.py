@@ -5,16 +5,24 @@ datasets gather a whole batch in one indexing call instead of a Python loop over
 ``loss_fn(model, batch, generator) -> scalar``. The loop
 
 - draws the data order from ``(seed, epoch)`` and the per-step randomness (diffusion noise, timesteps, CFG
-  masks) from a generator seeded by ``(seed, step, rank)``, so a run killed and resumed from a checkpoint ends
-  with exactly the weights of an uninterrupted run;
-- splits each global batch across processes (``batch_size`` per process), DDP averages gradients;
-- saves ``accelerate`` state (model, optimizer, RNG) every ``ckpt_every`` steps atomically (temp folder, rename);
+  masks) from a generator seeded by ``(seed, step, rank, micro-batch)``, so a run killed and resumed from a
+  checkpoint ends with exactly the weights of an uninterrupted run;
+- splits each global batch (``batch_size`` per process × processes × ``grad_accum``) across processes and
+  micro-batches; gradients of the first ``grad_accum - 1`` micro-batches are accumulated locally
+  (``accelerator.no_sync``), the last one's backward averages them across processes (DDP);
+- saves ``accelerate`` state (model, optimizer, RNG of every rank) every ``ckpt_every`` steps into a step-named
+  folder and then flips the ``latest`` pointer atomically (see :func:`save_checkpoint`);
 - supports bf16 mixed precision and gradient checkpointing, shows tqdm progress, and logs losses.
+
+Step counts come from epochs with :func:`steps_for` (they depend on the number of processes); checkpoint folders
+are keyed by :func:`checkpoint_key`, over the config fields that change training only.
 
 Launch several processes with ``accelerate launch`` (GPUs) or, on CPU, ``torchrun --standalone
 --nproc_per_node 2`` (``accelerate launch --cpu --num_processes 2`` starts only one process).
 """
 
+import contextlib
+import hashlib
 import json
 import math
 import os
@@ -27,9 +35,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .errors import NeuroreconError
+from .errors import ConfigError, NeuroreconError
 
-__all__ = ["TrainResult", "fit", "ArrayBatches", "make_accelerator", "epoch_order"]
+__all__ = ["TrainResult", "fit", "ArrayBatches", "make_accelerator", "epoch_order", "steps_for", "resolve_steps",
+           "checkpoint_key", "checkpoint_root", "save_checkpoint", "load_checkpoint"]
 
 
 class ArrayBatches:
@@ -67,6 +76,63 @@ def epoch_order(n, seed, epoch):
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
+def steps_for(epochs, n_samples, batch_size, num_processes=1, grad_accum=1):
+    """Optimizer steps of ``epochs`` passes over ``n_samples``:
+    ``ceil(epochs × n_samples / (batch_size × num_processes × grad_accum))``, at least 1.
+
+    ``batch_size`` is per process and per micro-batch, so the global batch of one step is
+    ``batch_size × num_processes × grad_accum`` (the paper's pretraining, 80 epochs of ~67k pairs at 6 × 16:
+    ``steps_for(80, 67000, 16, 6) == 55834``).
+    """
+    for name, v in (("batch_size", batch_size), ("num_processes", num_processes), ("grad_accum", grad_accum)):
+        if int(v) < 1:
+            raise ConfigError(f"{name} must be at least 1, got {v!r}")
+    if float(epochs) <= 0:
+        raise ConfigError(f"epochs must be positive, got {epochs!r}")
+    global_batch = int(batch_size) * int(num_processes) * int(grad_accum)
+    return max(1, math.ceil(float(epochs) * int(n_samples) / global_batch))
+
+
+def resolve_steps(steps, epochs, n_samples, batch_size, num_processes=1, grad_accum=1, name="steps"):
+    """``steps`` if set, else :func:`steps_for` of ``epochs``; returns ``(steps, record)`` where ``record`` is
+    what the stage writes into its metrics: the steps, the epochs they amount to, the global batch and whether
+    they came from ``epochs`` (1) or from ``steps`` (0)."""
+    if steps is None and epochs is None:
+        raise ConfigError(f"set either {name} or the matching epochs (both are null)")
+    global_batch = int(batch_size) * int(num_processes) * int(grad_accum)
+    n = int(steps) if steps is not None else steps_for(epochs, n_samples, batch_size, num_processes, grad_accum)
+    if n < 1:
+        raise ConfigError(f"{name} must be at least 1, got {steps!r}")
+    return n, dict(steps=n, epochs=n * global_batch / max(1, int(n_samples)), global_batch=global_batch,
+                   num_processes=int(num_processes), grad_accum=int(grad_accum),
+                   steps_from_epochs=float(steps is None))
+
+
+def checkpoint_key(cfg, upstream=()):
+    """A short hash of the config fields that change training, and of the upstream stages' markers.
+
+    The fields a config class lists in its ``NOT_TRAINING`` tuple (evaluation and sampling settings, thread
+    counts, checkpoint frequency, …) are left out, so editing them resumes training instead of restarting it.
+    """
+    from .artifacts import read_marker
+
+    skip = set(getattr(cfg, "NOT_TRAINING", ()))
+    unknown = skip - set(cfg.to_dict())
+    if unknown:
+        raise ValueError(f"{type(cfg).__name__}.NOT_TRAINING names unknown fields {sorted(unknown)}")
+    values = {k: v for k, v in cfg.to_dict().items() if k not in skip}
+    blob = json.dumps([values] + [read_marker(s, cfg.profile) for s in upstream], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def checkpoint_root(cfg, upstream=()):
+    """Training checkpoints of a stage config, outside its atomically written stage folder (so a killed run
+    resumes): ``artifacts/<profile>/<stage>.ckpt/<checkpoint_key>``."""
+    from . import paths
+
+    return paths.artifacts_dir(cfg.profile) / f"{cfg.STAGE}.ckpt" / checkpoint_key(cfg, upstream)
+
+
 @dataclass
 class TrainResult:
     losses: list = field(default_factory=list)  # (step, loss) on the main process
@@ -83,44 +149,91 @@ def make_accelerator(mixed_precision="no", cpu=None):
     return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
 
 
-def _save(accelerator, ckpt_dir, step, losses):
-    final = Path(ckpt_dir) / "latest"
-    tmp = Path(ckpt_dir) / f"latest.partial-{os.getpid()}"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
+def _phase(name):
+    """Called between the filesystem operations of a checkpoint write (a no-op; tests replace it to kill the
+    process at each point)."""
+
+
+def _step_dir(ckpt_dir, step):
+    return Path(ckpt_dir) / f"step-{int(step):09d}"
+
+
+def _complete_steps(ckpt_dir):
+    """Step folders holding ``step.json`` (written last), newest first."""
+    found = [p for p in Path(ckpt_dir).glob("step-*") if p.is_dir() and (p / "step.json").is_file()]
+    return sorted(found, key=lambda p: p.name, reverse=True)
+
+
+def save_checkpoint(accelerator, ckpt_dir, step, info):
+    """Save ``accelerate`` state as ``ckpt_dir/step-<step>/`` and point ``ckpt_dir/latest`` at it.
+
+    Every rank writes into the same step-named folder (accelerate saves each rank's RNG state there); the main
+    process then writes ``step.json`` (last, so a folder with it is complete), replaces the ``latest`` symlink
+    in one atomic rename and only then deletes the older step folders. A kill at any point leaves ``latest``
+    pointing at a complete checkpoint (or, before the first one, no checkpoint).
+    """
+    ckpt_dir = Path(ckpt_dir)
+    target = _step_dir(ckpt_dir, step)
+    main = accelerator.is_main_process
+    if main:
+        for p in ckpt_dir.glob("latest.partial-*"):  # leftovers of the earlier pid-named writes
+            shutil.rmtree(p, ignore_errors=True)
+        if target.exists():  # a killed earlier write of this very step
+            shutil.rmtree(target)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    accelerator.save_state(str(target))
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / "step.json").write_text(json.dumps({"step": step, "losses": losses}))
-        old = Path(ckpt_dir) / "latest.old"
-        if old.exists():
-            shutil.rmtree(old)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+    if main:
+        _phase("state-written")
+        tmp = target / "step.json.tmp"
+        tmp.write_text(json.dumps({"step": int(step), **info}))
+        os.replace(tmp, target / "step.json")
+        _phase("step-json-written")
+        latest = ckpt_dir / "latest"
+        if latest.is_dir() and not latest.is_symlink():  # a checkpoint of the earlier layout: keep it loadable
+            os.replace(latest, _step_dir(ckpt_dir, _read_info(latest).get("step", 0)))
+        link = ckpt_dir / f"latest.link-{os.getpid()}"
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        os.symlink(target.name, link)
+        _phase("link-made")
+        os.replace(link, latest)  # atomic: latest names the old or the new complete folder, never nothing
+        _phase("latest-flipped")
+        for p in ckpt_dir.glob("step-*"):
+            if p.name != target.name:
+                shutil.rmtree(p, ignore_errors=True)
+        for p in ckpt_dir.glob("latest.link-*"):
+            p.unlink(missing_ok=True)
     accelerator.wait_for_everyone()
 
 
-def _load(accelerator, ckpt_dir):
-    final = Path(ckpt_dir) / "latest"
-    meta = final / "step.json"
-    if not meta.is_file():
-        return 0, []
+def _read_info(folder):
     try:
-        info = json.loads(meta.read_text())
-        accelerator.load_state(str(final))
+        return json.loads((Path(folder) / "step.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def load_checkpoint(accelerator, ckpt_dir):
+    """Restore the newest complete checkpoint of ``ckpt_dir`` (``latest``, else the newest complete step folder);
+    returns its ``step.json`` content, or ``None`` when there is none."""
+    latest = Path(ckpt_dir) / "latest"
+    folder = latest if (latest / "step.json").is_file() else next(iter(_complete_steps(ckpt_dir)), None)
+    if folder is None:
+        return None
+    try:
+        info = json.loads((folder / "step.json").read_text())
+        accelerator.load_state(str(folder))
     except Exception as err:
-        raise NeuroreconError(f"{final}: expected a complete training checkpoint (accelerate state + step.json), "
+        raise NeuroreconError(f"{folder}: expected a complete training checkpoint (accelerate state + step.json), "
                               f"found an unreadable one ({type(err).__name__}: {err}); delete the folder to "
                               "restart training from scratch") from err
-    return int(info["step"]), [tuple(x) for x in info["losses"]]
+    return info
 
 
 def fit(model, loss_fn, data, *, steps, batch_size, lr, weight_decay=0.01, seed=0, params=None, ckpt_dir=None,
         ckpt_every=0, mixed_precision="no", gradient_checkpointing=False, max_grad_norm=1.0, desc="train",
-        progress=True, log_every=1, stop_after=None, accelerator=None):
+        progress=True, log_every=1, stop_after=None, accelerator=None, grad_accum=1):
     """Train ``model`` for ``steps`` optimizer steps; resumes from ``ckpt_dir`` if it holds a checkpoint.
 
     Parameters
@@ -131,7 +244,10 @@ def fit(model, loss_fn, data, *, steps, batch_size, lr, weight_decay=0.01, seed=
         it is given) rather than its submodules, so that DDP synchronises gradients across processes.
     data : batch source
         ``len(data)`` and ``data.batch(indices) -> dict of tensors``.
-    steps, batch_size, lr, weight_decay : training recipe (AdamW, no schedule); ``batch_size`` per process.
+    steps, batch_size, lr, weight_decay : training recipe (AdamW, no schedule); ``batch_size`` per process and
+        micro-batch.
+    grad_accum : int
+        Micro-batches per optimizer step (the global batch is ``batch_size × processes × grad_accum``).
     params : iterable, optional
         Parameters to train (default: those with ``requires_grad``).
     ckpt_dir : str or Path, optional
@@ -143,20 +259,36 @@ def fit(model, loss_fn, data, *, steps, batch_size, lr, weight_decay=0.01, seed=
     -------
     TrainResult
     """
+    grad_accum = int(grad_accum)
+    if grad_accum < 1:
+        raise ConfigError(f"{desc}: grad_accum must be at least 1, got {grad_accum}")
     acc = accelerator or make_accelerator(mixed_precision)
     if gradient_checkpointing and hasattr(model, "enable_gradient_checkpointing"):
         model.enable_gradient_checkpointing()
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     model, opt = acc.prepare(model, opt)
-    start, losses = (0, [])
+    world, rank = acc.num_processes, acc.process_index
+    micro = batch_size * world
+    global_batch = micro * grad_accum
+    start, losses = 0, []
     if ckpt_dir:
         Path(ckpt_dir).mkdir(parents=True, exist_ok=True)
-        start, losses = _load(acc, ckpt_dir)
-    world, rank = acc.num_processes, acc.process_index
+        info = load_checkpoint(acc, ckpt_dir)
+        if info is not None:
+            start, losses = int(info["step"]), [tuple(x) for x in info["losses"]]
+            had = info.get("global_batch", global_batch)
+            if had != global_batch:
+                raise NeuroreconError(
+                    f"{ckpt_dir}: the checkpoint was trained at a global batch of {had} (batch_size × processes × "
+                    f"grad_accum = {info.get('batch_size')} × {info.get('num_processes')} × "
+                    f"{info.get('grad_accum')}), this run uses {global_batch} ({batch_size} × {world} × "
+                    f"{grad_accum}); resume with the same global batch or delete the folder to restart")
+            if start > steps:
+                raise NeuroreconError(f"{ckpt_dir}: the checkpoint is at step {start}, past this run's {steps} steps")
     n = len(data)
-    global_batch = batch_size * world
     per_epoch = max(1, n // global_batch)
+    meta = dict(global_batch=global_batch, batch_size=batch_size, num_processes=world, grad_accum=grad_accum)
     t0 = time.time()
     model.train()
     bar = tqdm(range(start, steps), desc=desc, disable=not (progress and acc.is_main_process), leave=False,
@@ -167,17 +299,25 @@ def fit(model, loss_fn, data, *, steps, batch_size, lr, weight_decay=0.01, seed=
         chunk = order[pos * global_batch:(pos + 1) * global_batch]
         if len(chunk) < global_batch:  # fewer samples than one global batch: sample with wrap-around
             chunk = np.resize(order, global_batch)
-        batch = data.batch(chunk[rank * batch_size:(rank + 1) * batch_size])
-        batch = {k: v.to(acc.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        gen = torch.Generator(device="cpu").manual_seed(int(seed) * 1_000_003 + step * 1009 + rank)
-        with acc.autocast():
-            loss = loss_fn(model, batch, gen)
-        acc.backward(loss)
+        total = 0.0
+        for k in range(grad_accum):
+            start_row = k * micro + rank * batch_size
+            batch = data.batch(chunk[start_row:start_row + batch_size])
+            batch = {key: v.to(acc.device) if isinstance(v, torch.Tensor) else v for key, v in batch.items()}
+            gen = torch.Generator(device="cpu").manual_seed(
+                int(seed) * 1_000_003 + step * 1009 + rank + k * 7_000_003)
+            # gradients of all but the last micro-batch stay local; the last backward all-reduces their sum
+            sync = contextlib.nullcontext() if k == grad_accum - 1 else acc.no_sync(model)
+            with sync:
+                with acc.autocast():
+                    loss = loss_fn(model, batch, gen)
+                acc.backward(loss / grad_accum if grad_accum > 1 else loss)
+            total += loss.detach().float()
         if max_grad_norm:
             acc.clip_grad_norm_(params, max_grad_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        value = acc.reduce(loss.detach().float(), reduction="mean").item()
+        value = acc.reduce(total / grad_accum, reduction="mean").item()
         if not math.isfinite(value):
             raise NeuroreconError(f"{desc}: loss became {value} at step {step}; lower the learning rate")
         if (step + 1) % log_every == 0 or step == steps - 1:
@@ -185,10 +325,10 @@ def fit(model, loss_fn, data, *, steps, batch_size, lr, weight_decay=0.01, seed=
             bar.set_postfix(loss=f"{value:.4f}")
         done = step + 1
         if ckpt_dir and ckpt_every and done % ckpt_every == 0 and done < steps:
-            _save(acc, ckpt_dir, done, losses)
+            save_checkpoint(acc, ckpt_dir, done, dict(losses=losses, **meta))
         if stop_after is not None and done >= stop_after:
             return TrainResult(losses, done, time.time() - t0, start)
-    if ckpt_dir:
-        _save(acc, ckpt_dir, steps, losses)
+    if ckpt_dir and start < steps:  # (a run resumed from its final checkpoint has nothing new to save)
+        save_checkpoint(acc, ckpt_dir, steps, dict(losses=losses, **meta))
     model.eval()
     return TrainResult(losses, steps, time.time() - t0, start)

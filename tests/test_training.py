@@ -1,18 +1,29 @@
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from neurorecon.errors import NeuroreconError
+from neurorecon.errors import ConfigError, NeuroreconError
+from neurorecon.training import checkpoint_key, resolve_steps, steps_for
 
 import train_worker
+
+HERE = Path(__file__).parent
 
 
 def _same(a, b):
     return all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+
+
+def _close(a, b):
+    return all(torch.allclose(a.state_dict()[k], b.state_dict()[k], atol=1e-6) for k in a.state_dict())
 
 
 def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
@@ -24,8 +35,106 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
     assert _same(full, resumed)
     assert [s for s, _ in res.losses] == list(range(1, 13))
     assert res.losses[-1][1] < res.losses[0][1]  # it learns
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["latest", "step-000000012"]
     fresh, _ = train_worker.run(steps=12, ckpt_dir=tmp_path / "ck2", ckpt_every=0)
     assert _same(full, fresh)
+
+
+def test_steps_follow_epochs_processes_and_accumulation():
+    # the paper's pretraining: 80 epochs of ~67k pairs at 6 GPUs x 16 (not 336,000 steps, which is ~480 epochs)
+    assert steps_for(80, 67000, 16, 6) == 55834
+    assert steps_for(80, 67000, 16, 3, grad_accum=2) == 55834  # same global batch, same steps
+    assert steps_for(80, 67000, 16, 1) == 335000
+    assert steps_for(0.01, 10, 32) == 1
+    n, rec = resolve_steps(None, 2.0, 100, 4, num_processes=2, grad_accum=3)
+    assert n == 9 and rec["global_batch"] == 24 and rec["steps_from_epochs"] == 1.0
+    assert rec["epochs"] == pytest.approx(9 * 24 / 100)
+    n, rec = resolve_steps(7, 2.0, 100, 4)
+    assert n == 7 and rec["steps_from_epochs"] == 0.0
+    with pytest.raises(ConfigError, match="set either steps or the matching epochs"):
+        resolve_steps(None, None, 100, 4)
+    with pytest.raises(ConfigError, match="grad_accum must be at least 1"):
+        steps_for(1, 100, 4, grad_accum=0)
+
+
+def test_gradient_accumulation_matches_the_large_batch_and_resumes_exactly(tmp_path):
+    big, _ = train_worker.run(steps=8, batch_size=4, noise=0.0)
+    acc2, res = train_worker.run(steps=8, batch_size=2, grad_accum=2, noise=0.0)
+    assert _close(big, acc2) and not _same(big, train_worker.Toy())
+    assert res.losses[-1][1] < res.losses[0][1]
+    full, _ = train_worker.run(steps=10, batch_size=2, grad_accum=3)
+    train_worker.run(steps=10, batch_size=2, grad_accum=3, ckpt_dir=tmp_path / "ck", stop_after=6)
+    resumed, r = train_worker.run(steps=10, batch_size=2, grad_accum=3, ckpt_dir=tmp_path / "ck")
+    assert r.resumed_from == 4 and _same(full, resumed)
+    train_worker.run(steps=10, batch_size=2, grad_accum=3, ckpt_dir=tmp_path / "ck2", stop_after=6)
+    with pytest.raises(NeuroreconError, match=r"global batch of 6 .*this run uses 12"):
+        train_worker.run(steps=10, batch_size=2, grad_accum=6, ckpt_dir=tmp_path / "ck2")
+
+
+def test_checkpoint_of_the_earlier_layout_still_resumes(tmp_path):
+    full, _ = train_worker.run(steps=12)
+    train_worker.run(steps=12, ckpt_dir=tmp_path / "ck", stop_after=6)
+    ck = tmp_path / "ck"
+    os.replace(ck / "step-000000004", ck / "old")  # the earlier layout: a real folder named latest
+    (ck / "latest").unlink()
+    os.replace(ck / "old", ck / "latest")
+    (ck / "latest.partial-999999").mkdir()  # what non-main ranks used to leave behind
+    resumed, res = train_worker.run(steps=12, ckpt_dir=ck)
+    assert res.resumed_from == 4 and _same(full, resumed)
+    assert sorted(p.name for p in ck.iterdir()) == ["latest", "step-000000012"]
+
+
+KILL_IN_SAVE = """
+import os, signal, sys
+sys.path.insert(0, {here!r})
+import train_worker
+import neurorecon.training as T
+import accelerate.checkpointing as C
+
+phase, seen = {phase!r}, []
+if phase == "inside-save-state":  # the 4th file accelerate writes is the optimizer state of the step-8 save
+    original = C.save
+
+    def save(obj, f, *a, **k):
+        seen.append(f)
+        if len(seen) == 4:
+            open(f, "wb").write(b"half a file")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(obj, f, *a, **k)
+
+    C.save = save
+else:
+    def die(name):
+        if name == phase:
+            seen.append(name)
+            if len(seen) == 2:  # during the second checkpoint write (step 8); step 4 is complete
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    T._phase = die
+train_worker.run(steps=12, ckpt_dir={ckpt!r}, ckpt_every=4)
+"""
+
+PHASES = {"inside-save-state": 4, "state-written": 4, "step-json-written": 4, "link-made": 4,
+          "latest-flipped": 8}
+
+
+def test_a_kill_at_any_point_of_a_checkpoint_write_leaves_a_loadable_latest(tmp_path):
+    """Real ``SIGKILL``s of training processes inside every window of a checkpoint write (in parallel: one
+    process per window). Each leaves ``latest`` pointing at a complete checkpoint, and the rerun resumes from it
+    to the weights of an uninterrupted run."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = {p: subprocess.Popen([sys.executable, "-c", KILL_IN_SAVE.format(here=str(HERE), phase=p,
+                                                                             ckpt=str(tmp_path / p))], env=env)
+             for p in PHASES}
+    for p, proc in procs.items():
+        assert proc.wait(timeout=300) == -signal.SIGKILL, f"{p}: the run was not killed"
+    full, _ = train_worker.run(steps=12)
+    for p, step in PHASES.items():
+        ck = tmp_path / p
+        assert json.loads((ck / "latest/step.json").read_text())["step"] == step, p
+        resumed, res = train_worker.run(steps=12, ckpt_dir=ck)
+        assert res.resumed_from == step and _same(full, resumed), p
+        assert sorted(x.name for x in ck.iterdir()) == ["latest", "step-000000012"], p
 
 
 SLOW_RUN = """
@@ -46,13 +155,10 @@ fit(model, slow_loss, train_worker.toy_data(), steps=40, batch_size=4, lr=1e-2, 
 
 
 def test_sigkilled_training_process_resumes_to_the_same_weights(tmp_path):
-    """A real ``SIGKILL`` of a training process (at whatever point it is, possibly mid-checkpoint): the rerun
-    resumes from the last complete checkpoint and ends with the weights of an uninterrupted run."""
-    import signal
-    import time
-
+    """A real ``SIGKILL`` of a training process at whatever point it is: the rerun resumes from the last complete
+    checkpoint and ends with the weights of an uninterrupted run."""
     ckpt = tmp_path / "ck"
-    code = SLOW_RUN.format(here=str(Path(__file__).parent), ckpt=str(ckpt))
+    code = SLOW_RUN.format(here=str(HERE), ckpt=str(ckpt))
     proc = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.time() + 120
     while not (ckpt / "latest" / "step.json").is_file() and time.time() < deadline and proc.poll() is None:
@@ -77,14 +183,49 @@ def test_corrupted_checkpoint_gives_a_clear_error(tmp_path):
         train_worker.run(steps=8, ckpt_dir=tmp_path / "ck")
 
 
+def test_checkpoint_key_ignores_fields_that_do_not_change_training(tmp_path, monkeypatch):
+    import dataclasses
+
+    from neurorecon.config import load_config
+    from neurorecon.encoding.stage import EncodingConfig
+    from neurorecon.neuropictor.stage import PretrainConfig, RefineConfig
+    from neurorecon.nv2l.stage import LanguageConfig
+
+    monkeypatch.setenv("NEURORECON_HOME", str(tmp_path))
+    for cls, inert, active in ((PretrainConfig, dict(eval_batch=3, num_threads=2, n_eval=5, ckpt_every=7),
+                                dict(lr=0.5)),
+                               (RefineConfig, dict(eval_batch=3, control_scales=[1.0], guidance_scale=2.0),
+                                dict(semantic_weight=0.5)),
+                               (EncodingConfig, dict(eval_batch=3, num_threads=2), dict(batch_size=3)),
+                               (LanguageConfig, dict(caption_tokens=3, torch_threads=2, meteor=False),
+                                dict(stage2_lr=0.5))):
+        cfg = load_config(cls, "smoke")
+        assert checkpoint_key(dataclasses.replace(cfg, **inert)) == checkpoint_key(cfg), cls
+        assert checkpoint_key(dataclasses.replace(cfg, **active)) != checkpoint_key(cfg), cls
+        assert checkpoint_key(dataclasses.replace(cfg, grad_accum=2)) != checkpoint_key(cfg), cls
+
+
 @pytest.mark.slow
 def test_two_cpu_processes_end_identical(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    """Two real gloo ranks (torchrun): 2 processes × batch 2 × 2 micro-batches end identical, equal to one process
+    accumulating 4 micro-batches of 2; one checkpoint folder holding both ranks' RNG state and no pid-named
+    leftovers; sharded work gathered in the single-process order, latents cached by both ranks included."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(Path(__file__).parent / "train_worker.py"), str(tmp_path)]
+           str(HERE / "train_worker.py"), str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    single = train_worker.Toy().state_dict()
-    assert not all(torch.equal(a[k], single[k]) for k in a)  # it trained
+    single, _ = train_worker.run(steps=8, batch_size=2, grad_accum=4, noise=0.0)
+    assert all(torch.allclose(a[k], single.state_dict()[k], atol=1e-6) for k in a)
+    assert not all(torch.equal(a[k], train_worker.Toy().state_dict()[k]) for k in a)  # it trained
+    assert json.loads((tmp_path / "ckpt.json").read_text()) == ["latest", "step-000000008"]
+    files = json.loads((tmp_path / "ranks.json").read_text())
+    assert {"random_states_0.pkl", "random_states_1.pkl", "step.json"} <= set(files)
+    got = torch.load(tmp_path / "gathered.pt")
+    for n in (0, 1, 5, 8):
+        assert torch.equal(got[f"n{n}"], torch.arange(n * 3, dtype=torch.float32).reshape(n, 3)), n
+    want = train_worker.latent_cache_check(tmp_path / "single", 0)
+    assert got["latents"].shape == (7, 1, 4, 4) and torch.equal(got["latents"], want)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["latent_ids.npy", "latents.npy"]

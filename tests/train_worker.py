@@ -1,6 +1,14 @@
-"""A tiny training run used by tests (imported, or launched per process by torchrun)."""
+"""A tiny training run used by tests (imported, or launched per process by torchrun).
 
+Launched by torchrun (``train_worker.py OUT``), every rank trains the toy with checkpoints (2 processes × batch 2
+× 2 micro-batches), saves its weights as ``OUT/rank<r>.pt`` and lists the checkpoint folder in ``OUT/ckpt.json``;
+then exercises :mod:`neurorecon.distributed` on uneven splits and writes what rank 0 gathered to
+``OUT/gathered.pt``.
+"""
+
+import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -9,13 +17,14 @@ from neurorecon.training import ArrayBatches, fit
 
 
 class Toy(torch.nn.Module):
-    def __init__(self):
+    def __init__(self, noise=0.1):
         super().__init__()
         torch.manual_seed(0)
+        self.noise = noise
         self.net = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
 
     def forward(self, x, y, generator):
-        noise = torch.randn(x.shape, generator=generator) * 0.1  # per-step randomness, like diffusion noise
+        noise = torch.randn(x.shape, generator=generator) * self.noise  # per-step randomness, like diffusion noise
         return torch.nn.functional.mse_loss(self.net(x + noise), y)
 
 
@@ -26,16 +35,50 @@ def toy_data(n=37):
     return ArrayBatches(x=x, y=y)
 
 
-def run(steps=12, ckpt_dir=None, stop_after=None, ckpt_every=4):
-    model = Toy()
-    res = fit(model, lambda m, b, g: m(b["x"], b["y"], g), toy_data(), steps=steps, batch_size=4, lr=1e-2,
-              ckpt_dir=ckpt_dir, ckpt_every=ckpt_every, stop_after=stop_after, progress=False)
+def run(steps=12, ckpt_dir=None, stop_after=None, ckpt_every=4, batch_size=4, grad_accum=1, noise=0.1):
+    model = Toy(noise)
+    res = fit(model, lambda m, b, g: m(b["x"], b["y"], g), toy_data(), steps=steps, batch_size=batch_size, lr=1e-2,
+              ckpt_dir=ckpt_dir, ckpt_every=ckpt_every, stop_after=stop_after, progress=False, grad_accum=grad_accum)
     return model, res
 
 
+def latent_cache_check(out, rank):
+    """``cache_latents`` sharded over the ranks (each encodes its slice) with a stand-in encoder."""
+    from neurorecon.neuropictor.data import cache_latents
+    from neurorecon.training import make_accelerator
+
+    class Store:
+        def get_images(self, ids):
+            return np.stack([np.full((4, 4, 3), int(i), dtype=np.uint8) for i in ids])
+
+    class Encoder:
+        def encode_images(self, images):
+            x = torch.as_tensor(np.asarray(images), dtype=torch.float32)
+            return x.mean(-1, keepdim=True).permute(0, 3, 1, 2) * 0.5 + float(rank) * 0  # rank-independent
+
+    ids = np.arange(3, 10)  # 7 images over 2 ranks, batches of 2: uneven slices
+    lat = cache_latents(Encoder(), Store(), ids, Path(out) / "cache", make_accelerator(), batch_size=2)
+    return torch.from_numpy(np.array(lat))
+
+
 if __name__ == "__main__":
-    model, res = run(ckpt_dir=None)
     import torch.distributed as dist
 
+    from neurorecon.distributed import gather, shard
+    from neurorecon.training import make_accelerator
+
+    out = Path(sys.argv[1])
+    model, res = run(steps=8, ckpt_dir=out / "ck", ckpt_every=4, batch_size=2, grad_accum=2, noise=0.0)
     rank = dist.get_rank() if dist.is_initialized() else 0
-    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, f"{sys.argv[1]}/rank{rank}.pt")
+    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, out / f"rank{rank}.pt")
+    acc = make_accelerator()
+    gathered = {}
+    for n in (0, 1, 5, 8):  # fewer items than ranks, uneven and even splits
+        mine = shard(n, acc)
+        x = torch.arange(n * 3, dtype=torch.float32).reshape(n, 3)[mine]
+        gathered[f"n{n}"] = gather(x, acc)
+    gathered["latents"] = latent_cache_check(out, rank)
+    if rank == 0:
+        torch.save(gathered, out / "gathered.pt")
+        (out / "ckpt.json").write_text(json.dumps(sorted(p.name for p in (out / "ck").iterdir())))
+        (out / "ranks.json").write_text(json.dumps(sorted(p.name for p in (out / "ck/latest").iterdir())))

@@ -7,8 +7,8 @@ choice: the last trial of each image alone (its image → trial lookup keeps the
 keeps every single trial as its own sample (3× the samples, each noisier: a form of noise augmentation).
 
 Latents are the VAE posterior means of the training images, computed once (the VAE is frozen) into a cache folder
-as ``.npy`` files the processes memory-map; in multi-process runs the main process writes them and the others
-wait. Caption tokens for the semantic loss are computed per batch by the frozen text tower.
+as ``.npy`` files the processes memory-map; in multi-process runs every rank encodes its share of the images
+and the main process assembles them. Caption tokens for the semantic loss are computed per batch by the frozen text tower.
 """
 
 import json
@@ -42,24 +42,56 @@ def subject_pairs(store, subject, repetitions="average"):
 
 
 def cache_latents(fm, store, image_ids, folder, accelerator=None, batch_size=64):
-    """VAE latents of ``image_ids`` (sorted unique) cached as ``folder/latents.npy`` (float32, memory-mapped)."""
+    """VAE latents of ``image_ids`` (sorted unique) cached as ``folder/latents.npy`` (float32, memory-mapped).
+
+    With several processes each rank encodes its :func:`~neurorecon.distributed.shard` of the images into
+    ``latents.part-<rank>-of-<n>.npy`` (memory-mapped, so memory stays at one batch); the main process then
+    concatenates the parts in rank order (the single-process result) and renames the file into place. The
+    folder must be on a file system every rank sees (as the training checkpoints are).
+    """
+    from ..distributed import shard, world
+
     folder.mkdir(parents=True, exist_ok=True)
     path, ids_path = folder / "latents.npy", folder / "latent_ids.npy"
+    image_ids = np.asarray(image_ids)
     main = accelerator is None or accelerator.is_main_process
     ok = ids_path.is_file() and path.is_file() and np.array_equal(np.load(ids_path), image_ids)
-    if main and not ok:
-        tmp = folder / "latents.partial.npy"
+    if not ok:
+        num, rank = world(accelerator)
+        part = folder / f"latents.part-{rank}-of-{num}.npy"
+        mine = image_ids[shard(len(image_ids), accelerator)]
         out = None
-        for i in range(0, len(image_ids), batch_size):
-            z = fm.encode_images(store.get_images(image_ids[i:i + batch_size])).cpu().numpy()
+        for i in range(0, len(mine), batch_size):
+            z = fm.encode_images(store.get_images(mine[i:i + batch_size])).float().cpu().numpy()
             if out is None:
-                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
-                                                shape=(len(image_ids),) + z.shape[1:])
+                out = np.lib.format.open_memmap(part, mode="w+", dtype=np.float32, shape=(len(mine),) + z.shape[1:])
             out[i:i + len(z)] = z
-        out.flush()
-        del out
-        tmp.replace(path)
-        np.save(ids_path, image_ids)
+        if out is not None:
+            out.flush()
+            del out
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
+        if main:
+            parts = [folder / f"latents.part-{r}-of-{num}.npy" for r in range(num)]
+            arrays = [np.load(p, mmap_mode="r") for p in parts if p.is_file()]
+            if not arrays:
+                raise DataError(folder, "latents of at least one image", "no images to encode")
+            tmp = folder / "latents.partial.npy"
+            full = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                             shape=(len(image_ids),) + arrays[0].shape[1:])
+            row = 0
+            for a in arrays:
+                for i in range(0, len(a), batch_size):
+                    full[row:row + len(a[i:i + batch_size])] = a[i:i + batch_size]
+                    row += len(a[i:i + batch_size])
+            if row != len(image_ids):
+                raise DataError(folder, f"latents of {len(image_ids)} images from {num} processes", f"{row}")
+            full.flush()
+            del full, arrays
+            tmp.replace(path)
+            np.save(ids_path, image_ids)
+            for p in parts:
+                p.unlink(missing_ok=True)
     if accelerator is not None:
         accelerator.wait_for_everyone()
     return np.load(path, mmap_mode="r")

@@ -10,9 +10,11 @@ processes, or fewer items than processes: a rank may get an empty slice).
 Every function accepts ``accelerator=None`` (one process: the whole range, no communication).
 """
 
+import contextlib
+
 import torch
 
-__all__ = ["shard", "shard_bounds", "gather", "world"]
+__all__ = ["shard", "shard_bounds", "gather", "world", "main_writer", "num_processes"]
 
 
 def world(accelerator=None):
@@ -40,24 +42,61 @@ def shard(n, accelerator=None):
 def gather(tensor, accelerator=None):
     """Concatenate every rank's ``tensor`` (its :func:`shard` of the rows) along dim 0, in rank order.
 
-    The result (on every rank, on ``tensor``'s device and dtype) equals what one process computing all rows
-    would hold. Ranks may hold different numbers of rows (zero included); the other dimensions must agree.
-    With NCCL the tensors travel through the accelerator's device.
+    The result (on every rank, on ``tensor``'s device) equals what one process computing all rows would hold.
+    Ranks may hold different numbers of rows; a rank with none may pass any empty tensor (its trailing shape
+    and dtype are taken from the others). With NCCL the tensors travel through the accelerator's device.
     """
     num, _ = world(accelerator)
     if num == 1:
         return tensor
-    device, dtype = tensor.device, tensor.dtype
-    x = tensor.to(accelerator.device)
-    if dtype == torch.bool:  # not every backend reduces/gathers bools
-        x = x.to(torch.uint8)
-    sizes = accelerator.gather(torch.tensor([x.shape[0]], device=accelerator.device)).tolist()
-    longest = max(sizes)
-    if longest == 0:
+    from accelerate.utils import gather_object
+
+    meta = gather_object([(int(tensor.shape[0]) if tensor.ndim else 0, tuple(tensor.shape[1:]), str(tensor.dtype))])
+    full = [m for m in meta if m[0] > 0]
+    if not full:
         return tensor
+    trailing, dtype = full[0][1], getattr(torch, full[0][2].replace("torch.", ""))
+    bad = [m for m in full if m[1] != trailing or m[2] != full[0][2]]
+    if bad:
+        raise ValueError(f"gather: ranks hold rows of different shapes/dtypes {sorted(set((m[1], m[2]) for m in meta))}")
+    sizes = [m[0] for m in meta]
+    longest = max(sizes)
+    x = tensor.to(accelerator.device) if tensor.numel() else torch.zeros((0,) + trailing, dtype=dtype,
+                                                                          device=accelerator.device)
+    wire = torch.uint8 if dtype == torch.bool else dtype  # not every backend gathers bools
+    x = x.to(wire)
     if x.shape[0] < longest:
-        pad = torch.zeros((longest - x.shape[0],) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
-        x = torch.cat([x, pad])
+        x = torch.cat([x, torch.zeros((longest - x.shape[0],) + trailing, dtype=wire, device=x.device)])
     every = accelerator.gather(x.contiguous())  # (num × longest, ...), rank-major
     parts = [every[r * longest:r * longest + sizes[r]] for r in range(num)]
-    return torch.cat(parts).to(device=device, dtype=dtype)
+    return torch.cat(parts).to(device=tensor.device, dtype=dtype)
+
+
+def num_processes():
+    """The number of processes of this launch (1 without ``torchrun``/``accelerate launch``)."""
+    from accelerate import PartialState
+
+    return int(PartialState().num_processes)
+
+
+class _Discard:
+    """What non-main processes write metrics into: nothing (the main process's :class:`StageWriter` records)."""
+
+    path = None
+
+    def add_metric(self, *args, **kwargs):
+        pass
+
+
+@contextlib.contextmanager
+def main_writer(accelerator, config):
+    """The stage's :class:`~neurorecon.artifacts.StageWriter` on the main process, a writer that discards on the
+    others: every process runs the same evaluation code (its share of the sampling, :func:`gather`), only the
+    main one writes (guard file writes with ``accelerator.is_main_process``)."""
+    if accelerator is None or accelerator.is_main_process:
+        from .artifacts import StageWriter
+
+        with StageWriter(config) as w:
+            yield w
+    else:
+        yield _Discard()

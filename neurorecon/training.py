@@ -101,8 +101,8 @@ def resolve_steps(steps, epochs, n_samples, batch_size, num_processes=1, grad_ac
         raise ConfigError(f"set either {name} or the matching epochs (both are null)")
     global_batch = int(batch_size) * int(num_processes) * int(grad_accum)
     n = int(steps) if steps is not None else steps_for(epochs, n_samples, batch_size, num_processes, grad_accum)
-    if n < 1:
-        raise ConfigError(f"{name} must be at least 1, got {steps!r}")
+    if n < 0:  # 0: no training (e.g. a pretrained start used as it is)
+        raise ConfigError(f"{name} must be 0 or more, got {steps!r}")
     return n, dict(steps=n, epochs=n * global_batch / max(1, int(n_samples)), global_batch=global_batch,
                    num_processes=int(num_processes), grad_accum=int(grad_accum),
                    steps_from_epochs=float(steps is None))

@@ -29,7 +29,7 @@ from ..data import open_store
 from ..data.stage import store_path
 from ..devices import stage_device, to_module
 from ..errors import ConfigError, DataError
-from ..training import fit, make_accelerator
+from ..training import checkpoint_root, fit, make_accelerator, resolve_steps
 from .data import StackedMaps, check_flat, pretraining_arrays, visual_mask
 from .model import FMRIAutoencoder, FMRIEncoder, masked_mse
 
@@ -43,6 +43,7 @@ class EncodingConfig(StageConfig):
 
     STAGE = "encoding"
     NOTEBOOK = "03_calibrated_encoding"
+    NOT_TRAINING = ("gradient_checkpointing", "ckpt_every", "keep_checkpoints", "num_threads", "eval_batch")
 
     patch: int = 8
     width: int = 64
@@ -56,8 +57,10 @@ class EncodingConfig(StageConfig):
     holdout_subjects: list[int] = dataclasses.field(default_factory=lambda: [8])
     use_resting: bool = True
     use_trials: bool = True
-    steps: int = 300
+    steps: Optional[int] = 300
+    epochs: Optional[float] = None
     batch_size: int = 64
+    grad_accum: int = 1
     lr: float = 1.0e-3
     weight_decay: float = 0.01
     seed: int = 0
@@ -72,8 +75,9 @@ class EncodingConfig(StageConfig):
 
 def checkpoint_dir(cfg):
     """Training checkpoints of a stage config (outside the atomically written stage folder, so a killed run
-    resumes): ``artifacts/<profile>/<stage>.ckpt/<digest>``."""
-    return paths.artifacts_dir(cfg.profile) / f"{cfg.STAGE}.ckpt" / cfg.digest()
+    resumes): ``artifacts/<profile>/<stage>.ckpt/<key>``, keyed by the fields that change training
+    (:func:`neurorecon.training.checkpoint_root`) and the data stage's marker."""
+    return checkpoint_root(cfg, ("data",))
 
 
 def build_autoencoder(cfg, map_size, seed=None):
@@ -162,12 +166,14 @@ def run_encoding_stage(cfg, force=False, progress=True):
     acc = make_accelerator(cfg.mixed_precision)
     mask_t = torch.from_numpy(mask).to(stage_device(acc))
     ckpt = checkpoint_dir(cfg)
+    steps, record = resolve_steps(cfg.steps, cfg.epochs, len(data), cfg.batch_size, acc.num_processes,
+                                  cfg.grad_accum)
     cpu0 = time.process_time()
-    result = fit(model, lambda m, b, g: masked_mse(m(b["maps"]), b["maps"], mask_t), data, steps=cfg.steps,
+    result = fit(model, lambda m, b, g: masked_mse(m(b["maps"]), b["maps"], mask_t), data, steps=steps,
                  batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed, ckpt_dir=ckpt,
                  ckpt_every=cfg.ckpt_every, mixed_precision=cfg.mixed_precision,
                  gradient_checkpointing=cfg.gradient_checkpointing, desc="fMRI autoencoder", progress=progress,
-                 accelerator=acc)
+                 accelerator=acc, grad_accum=cfg.grad_accum)
     cpu = time.process_time() - cpu0
     if acc.is_main_process:
         t0 = time.time()
@@ -180,6 +186,8 @@ def run_encoding_stage(cfg, force=False, progress=True):
             w.add_metric("autoencoder", "all", "train", "seconds", result.seconds)
             w.add_metric("autoencoder", "all", "train", "cpu_seconds", cpu)
             w.add_metric("autoencoder", "all", "train", "n_maps", len(data))
+            for k, v in record.items():
+                w.add_metric("autoencoder", "all", "train", k, v)
             if result.losses:
                 w.add_metric("autoencoder", "all", "train", "final_loss",
                              np.mean([v for _, v in result.losses[-20:]]))

@@ -53,24 +53,34 @@ def load_pipeline(fm, folder, scheduler="ddim"):
                                FMRIControlNetModel.from_pretrained(folder / "controlnet"), scheduler)
 
 
-def reconstruct(pipe, maps, settings, control_scale=None):
-    """Float images (n, 3, H, W) in [0, 1] from flat maps (n, H, W), sampled in batches with per-image seeds."""
+def reconstruct(pipe, maps, settings, control_scale=None, accelerator=None):
+    """Float images (n, 3, H, W) in [0, 1] from flat maps (n, H, W), sampled in batches with per-image seeds.
+
+    With an ``accelerator`` of several processes each samples its :func:`~neurorecon.distributed.shard` of the
+    maps and every process gets all images back in order: the same images as one process (per-image seeds
+    follow the image's index, not the batching).
+    """
+    from ..distributed import gather, shard
+
     if pipe.scheduler.__class__.__name__ != {"ddim": "DDIMScheduler", "dpm++": "DPMSolverMultistepScheduler"}[
             settings.scheduler]:
         pipe.use_scheduler(settings.scheduler)
     scale = settings.control_scale if control_scale is None else control_scale
+    mine = shard(len(maps), accelerator)
     out = []
-    for i in range(0, len(maps), settings.batch_size):
-        chunk = np.asarray(maps[i:i + settings.batch_size], dtype=np.float32)
+    for i in range(mine.start, mine.stop, settings.batch_size):
+        chunk = np.asarray(maps[i:min(i + settings.batch_size, mine.stop)], dtype=np.float32)
         gens = seeded_generators(settings.seed, len(chunk), offset=i)
         out.append(pipe(chunk, num_inference_steps=settings.num_inference_steps,
                         guidance_scale=settings.guidance_scale, control_scale=scale, generator=gens).images.cpu())
-    return torch.cat(out)
+    images = torch.cat(out) if out else torch.zeros((0,))  # an empty share: gather takes the others' shape
+    return gather(images, accelerator)
 
 
-def evaluate_reconstructions(fm, pipe, maps, gt_images, settings, shuffle_seed=None):
+def evaluate_reconstructions(fm, pipe, maps, gt_images, settings, shuffle_seed=None, accelerator=None):
     """Reconstruct and score. With ``shuffle_seed`` the maps are deranged first (the fMRI of another image is fed
-    in each slot) and scored against the unshuffled ground truth: the metrics must fall to chance.
+    in each slot) and scored against the unshuffled ground truth: the metrics must fall to chance. With an
+    ``accelerator`` the sampling is shared across processes (:func:`reconstruct`).
 
     Returns
     -------
@@ -79,7 +89,7 @@ def evaluate_reconstructions(fm, pipe, maps, gt_images, settings, shuffle_seed=N
     maps = np.asarray(maps)
     if shuffle_seed is not None:
         maps = maps[derangement(len(maps), shuffle_seed)]
-    rec = reconstruct(pipe, maps, settings)
+    rec = reconstruct(pipe, maps, settings, accelerator=accelerator)
     return image_metrics(fm, gt_images, rec), rec
 
 

@@ -12,15 +12,19 @@ each also fed shuffled fMRI (a derangement of the test maps: identification must
 model is swept over the control scale.
 
 Checkpoints live outside the atomically written stage folder (``artifacts/<profile>/<stage>.ckpt/<key>``) so a
-killed run resumes; the key covers the config and the upstream stages' completion markers.
+killed run resumes; the key covers the config fields that change training (not those in ``NOT_TRAINING``) and
+the upstream stages' completion markers. Training length is ``steps`` or, when that is null, ``epochs`` (the
+full profile: the paper's epochs) turned into steps for the launch's number of processes and ``grad_accum``;
+the stage's metrics record which, with the global batch. Validation images are sampled by every process (each
+its share of the test images) and gathered on the main process.
 """
 
 import copy
 import dataclasses
-import hashlib
 import json
 import shutil
 import time
+import typing
 from pathlib import Path
 from typing import Optional
 
@@ -28,14 +32,15 @@ import numpy as np
 import torch
 
 from .. import paths
-from ..artifacts import StageWriter, is_complete, read_marker, read_metrics, require_stage
+from ..artifacts import is_complete, read_metrics, require_stage
 from ..config import StageConfig
 from ..data import open_store
 from ..data.stage import store_path
 from ..devices import check_precision, module_dtype, stage_device, to_module
+from ..distributed import main_writer
 from ..encoding import load_encoder
 from ..errors import ConfigError
-from ..training import fit, make_accelerator
+from ..training import checkpoint_root, fit, make_accelerator, resolve_steps
 from .data import PairBatches, cache_latents, caption_lists, subject_pairs
 from .evaluate import (SampleSettings, evaluate_reconstructions, load_pipeline, pipeline_from_model,
                        reconstruct, save_model)
@@ -48,9 +53,16 @@ __all__ = ["PretrainConfig", "RefineConfig", "run_pretrain_stage", "run_refine_s
 
 @dataclasses.dataclass
 class _Common(StageConfig):
+    NOT_TRAINING: typing.ClassVar[tuple] = (
+        "gradient_checkpointing", "ckpt_every", "keep_checkpoints", "num_threads", "n_eval", "n_figure",
+        "num_inference_steps", "guidance_scale", "control_scale", "scheduler", "eval_seed", "eval_batch",
+        "shuffle_seed")
+
     repetitions: str = "average"
     max_grad_norm: float = 1.0
     batch_size: int = 32
+    grad_accum: int = 1
+    epochs: Optional[float] = None
     weight_decay: float = 0.01
     seed: int = 0
     mixed_precision: str = "no"
@@ -77,9 +89,11 @@ class PretrainConfig(_Common):
     STAGE = "pretrain"
     NOTEBOOK = "04_multisubject_pretraining"
 
+    NOT_TRAINING = _Common.NOT_TRAINING + ("eval_subjects",)
+
     subjects: Optional[list[int]] = None
     semantic_mid: int = 32
-    steps: int = 200
+    steps: Optional[int] = 200
     lr: float = 1.0e-3
     cfg_mask_prob: float = 0.0
     eval_subjects: list[int] = dataclasses.field(default_factory=lambda: [1])
@@ -92,12 +106,15 @@ class RefineConfig(_Common):
     STAGE = "refine"
     NOTEBOOK = "05_singlesubject_refinement"
 
+    NOT_TRAINING = _Common.NOT_TRAINING + ("control_scales",)
+
     subject: int = 1
-    steps: int = 100
+    steps: Optional[int] = 100
     lr: float = 1.0e-3
     semantic_weight: float = 0.1
     residual_init: str = "copy"
-    mask_steps: int = 40
+    mask_steps: Optional[int] = 40
+    mask_epochs: Optional[float] = None
     mask_lr: float = 1.0e-4
     mask_cfg_prob: float = 0.05
     control_scales: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
@@ -122,9 +139,19 @@ def load_stage_foundation(profile, device=None):
 
 
 def stage_checkpoint_dir(cfg, upstream):
-    """``artifacts/<profile>/<stage>.ckpt/<key>``: key = hash of the config and the upstream stages' markers."""
-    blob = json.dumps([cfg.digest()] + [read_marker(s, cfg.profile) for s in upstream], sort_keys=True, default=str)
-    return paths.artifacts_dir(cfg.profile) / f"{cfg.STAGE}.ckpt" / hashlib.sha256(blob.encode()).hexdigest()[:16]
+    """``artifacts/<profile>/<stage>.ckpt/<key>`` (:func:`neurorecon.training.checkpoint_root`): the key covers
+    the fields that change training and the upstream stages' markers."""
+    return checkpoint_root(cfg, upstream)
+
+
+def _steps(cfg, acc, n, steps, epochs, name="steps"):
+    """Training steps of a run of ``n`` samples and what the metrics record of them (see the module docstring)."""
+    return resolve_steps(steps, epochs, n, cfg.batch_size, acc.num_processes, cfg.grad_accum, name)
+
+
+def _record_steps(w, method, subject, record):
+    for k, v in record.items():
+        w.add_metric(method, subject, "train", k, v)
 
 
 def _setup(cfg, foundation):
@@ -148,7 +175,7 @@ def _setup(cfg, foundation):
 
 def train_neuropictor(model, data, fm, *, steps, batch_size, lr, weight_decay, seed, ckpt_dir, ckpt_every,
                       mixed_precision="no", gradient_checkpointing=False, desc="NeuroPictor", progress=True,
-                      accelerator=None, stop_after=None, max_grad_norm=1.0):
+                      accelerator=None, stop_after=None, max_grad_norm=1.0, grad_accum=1):
     """:func:`neurorecon.training.fit` with NeuroPictor's loss (gradients clipped to ``max_grad_norm``, 0 = off). With a semantic weight, each sample's target is
     the text tokens of one of its image's captions, drawn from the step's generator (resume-exact)."""
     semantic = model.semantic_weight > 0
@@ -164,7 +191,7 @@ def train_neuropictor(model, data, fm, *, steps, batch_size, lr, weight_decay, s
     return fit(model, loss_fn, data, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
                ckpt_dir=ckpt_dir, ckpt_every=ckpt_every, mixed_precision=mixed_precision,
                gradient_checkpointing=gradient_checkpointing, desc=desc, progress=progress, accelerator=accelerator,
-               stop_after=stop_after, max_grad_norm=max_grad_norm)
+               stop_after=stop_after, max_grad_norm=max_grad_norm, grad_accum=grad_accum)
 
 
 def _pairs(fm, store, subjects, repetitions, cache, acc, captions=False):
@@ -197,14 +224,14 @@ def _semantic_mse(fm, conditioner, store, ids, maps):
     return float(semantic_error(fm, conditioner, store, ids, maps).mean())
 
 
-def _evaluate(fm, pipe, store, subject, cfg, method, w, saved):
+def _evaluate(fm, pipe, store, subject, cfg, method, w, saved, acc=None):
     """pretrain_only/refined/... and the shuffled control on one subject; records metrics, keeps images."""
     ids, maps, gt = _eval_set(store, subject, cfg.n_eval)
     settings = sample_settings(cfg)
     t0, c0 = time.time(), time.process_time()
-    m, rec = evaluate_reconstructions(fm, pipe, maps, gt, settings)
+    m, rec = evaluate_reconstructions(fm, pipe, maps, gt, settings, accelerator=acc)
     seconds, cpu = time.time() - t0, time.process_time() - c0
-    ms, _ = evaluate_reconstructions(fm, pipe, maps, gt, settings, shuffle_seed=cfg.shuffle_seed)
+    ms, _ = evaluate_reconstructions(fm, pipe, maps, gt, settings, shuffle_seed=cfg.shuffle_seed, accelerator=acc)
     for k, v in m.items():
         w.add_metric(method, subject, "test", k, v)
     for k, v in ms.items():
@@ -241,35 +268,40 @@ def run_pretrain_stage(cfg, force=False, progress=True, foundation=None, stop_af
     ckpt = Path(ckpt_dir) if ckpt_dir else stage_checkpoint_dir(cfg, ("data", "foundation", "encoding"))
     data = _pairs(fm, store, subjects, cfg.repetitions, ckpt / "cache", acc)
     model = build_neuropictor(fm, encoder, cfg.semantic_mid, seed=cfg.seed, cfg_mask_prob=cfg.cfg_mask_prob)
+    steps, record = _steps(cfg, acc, len(data), cfg.steps, cfg.epochs)
     cpu0 = time.process_time()
-    res = train_neuropictor(model, data, fm, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+    res = train_neuropictor(model, data, fm, steps=steps, batch_size=cfg.batch_size, lr=cfg.lr,
                             weight_decay=cfg.weight_decay, seed=cfg.seed, ckpt_dir=ckpt / "train",
                             ckpt_every=cfg.ckpt_every, mixed_precision=cfg.mixed_precision,
                             gradient_checkpointing=cfg.gradient_checkpointing, desc="pretrain", progress=progress,
-                            accelerator=acc, stop_after=stop_after, max_grad_norm=cfg.max_grad_norm)
+                            accelerator=acc, stop_after=stop_after, max_grad_norm=cfg.max_grad_norm,
+                            grad_accum=cfg.grad_accum)
     cpu = time.process_time() - cpu0
-    if stop_after is not None and res.steps < cfg.steps:
+    if stop_after is not None and res.steps < steps:
         return None
     if hook is not None:
         hook(model)
-    if acc.is_main_process:
-        with StageWriter(cfg) as w:
+    main = acc.is_main_process
+    with main_writer(acc, cfg) as w:  # every process samples its share of the validation images
+        if main:
             save_model(model, w.path / "model")
             (w.path / "losses.json").write_text(json.dumps({"pretrain": res.losses}))
-            w.add_metric("pretrain", "all", "train", "seconds", res.seconds)
-            w.add_metric("pretrain", "all", "train", "cpu_seconds", cpu)
-            w.add_metric("pretrain", "all", "train", "n_samples", len(data))
-            w.add_metric("pretrain", "all", "train", "n_subjects", len(subjects))
-            w.add_metric("pretrain", "all", "train", "final_loss", np.mean([v for _, v in res.losses[-20:]]))
-            pipe = pipeline_from_model(fm, model.conditioner, model.controlnet, cfg.scheduler)
-            saved = {}
-            for s in cfg.eval_subjects:
-                if s in store.subjects:
-                    _evaluate(fm, pipe, store, s, cfg, "pretrain_only", w, saved)
+        w.add_metric("pretrain", "all", "train", "seconds", res.seconds)
+        w.add_metric("pretrain", "all", "train", "cpu_seconds", cpu)
+        w.add_metric("pretrain", "all", "train", "n_samples", len(data))
+        w.add_metric("pretrain", "all", "train", "n_subjects", len(subjects))
+        _record_steps(w, "pretrain", "all", record)
+        w.add_metric("pretrain", "all", "train", "final_loss", np.mean([v for _, v in res.losses[-20:]]))
+        pipe = pipeline_from_model(fm, model.conditioner, model.controlnet, cfg.scheduler)
+        saved = {}
+        for s in cfg.eval_subjects:
+            if s in store.subjects:
+                _evaluate(fm, pipe, store, s, cfg, "pretrain_only", w, saved, acc)
+        if main:
             np.savez_compressed(w.path / "reconstructions.npz", **saved)
             (w.path / "sampling.json").write_text(json.dumps(_sampling_record(cfg)))
-        if not cfg.keep_checkpoints:
-            shutil.rmtree(ckpt, ignore_errors=True)
+    if main and not cfg.keep_checkpoints:
+        shutil.rmtree(ckpt, ignore_errors=True)
     acc.wait_for_everyone()
     return folder
 
@@ -307,43 +339,49 @@ def run_refine_stage(cfg, force=False, progress=True, foundation=None, stop_afte
     common = dict(batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, seed=cfg.seed,
                   ckpt_every=cfg.ckpt_every, mixed_precision=cfg.mixed_precision,
                   gradient_checkpointing=cfg.gradient_checkpointing, progress=progress, accelerator=acc,
-                  max_grad_norm=cfg.max_grad_norm)
+                  max_grad_norm=cfg.max_grad_norm, grad_accum=cfg.grad_accum)
+    steps, record = _steps(cfg, acc, len(data), cfg.steps, cfg.epochs)
+    mask_steps, mask_record = _steps(cfg, acc, len(data), cfg.mask_steps, cfg.mask_epochs, "mask_steps")
     refined = NeuroPictorModel(pipe0.conditioner.with_residual(cfg.residual_init, cfg.seed),
                                copy.deepcopy(pipe0.controlnet), fm.unet,
                                fm.scheduler_config, 0.0, cfg.semantic_weight)
     cpu0 = time.process_time()
-    res = train_neuropictor(refined, data, fm, steps=cfg.steps, lr=cfg.lr, ckpt_dir=ckpt / "refined",
+    res = train_neuropictor(refined, data, fm, steps=steps, lr=cfg.lr, ckpt_dir=ckpt / "refined",
                             desc="refine", stop_after=stop_after, **common)
     cpu1 = time.process_time()
-    if stop_after is not None and res.steps < cfg.steps:
+    if stop_after is not None and res.steps < steps:
         return None
     masked = NeuroPictorModel(copy.deepcopy(refined.conditioner), copy.deepcopy(refined.controlnet), fm.unet,
                               fm.scheduler_config, cfg.mask_cfg_prob, cfg.semantic_weight)
-    res_mask = train_neuropictor(masked, data, fm, steps=cfg.mask_steps, lr=cfg.mask_lr,
+    res_mask = train_neuropictor(masked, data, fm, steps=mask_steps, lr=cfg.mask_lr,
                                  ckpt_dir=ckpt / "refined_mask", desc="refine (CFG mask)", **common)
     cpu2 = time.process_time()
     if hook is not None:
         hook(refined, masked)
-    if acc.is_main_process:
-        with StageWriter(cfg) as w:
+    main = acc.is_main_process
+    with main_writer(acc, cfg) as w:  # every process samples its share of the validation images
+        if main:
             save_model(refined, w.path / "refined")
             save_model(masked, w.path / "refined_mask")
             (w.path / "losses.json").write_text(json.dumps({"refined": res.losses, "refined_mask": res_mask.losses}))
-            s = cfg.subject
-            w.add_metric("refined", s, "train", "seconds", res.seconds)
-            w.add_metric("refined_mask", s, "train", "seconds", res_mask.seconds)
-            w.add_metric("refined", s, "train", "cpu_seconds", cpu1 - cpu0)
-            w.add_metric("refined_mask", s, "train", "cpu_seconds", cpu2 - cpu1)
-            w.add_metric("refined", s, "train", "n_samples", len(data))
-            saved = _evaluate_all(fm, store, pre, pipe0, refined, masked, cfg, w)
+        s = cfg.subject
+        w.add_metric("refined", s, "train", "seconds", res.seconds)
+        w.add_metric("refined_mask", s, "train", "seconds", res_mask.seconds)
+        w.add_metric("refined", s, "train", "cpu_seconds", cpu1 - cpu0)
+        w.add_metric("refined_mask", s, "train", "cpu_seconds", cpu2 - cpu1)
+        w.add_metric("refined", s, "train", "n_samples", len(data))
+        _record_steps(w, "refined", s, record)
+        _record_steps(w, "refined_mask", s, mask_record)
+        saved = _evaluate_all(fm, store, pre, pipe0, refined, masked, cfg, w, acc)
+        if main:
             np.savez_compressed(w.path / "reconstructions.npz", **saved)
-        if not cfg.keep_checkpoints:
-            shutil.rmtree(ckpt, ignore_errors=True)
+    if main and not cfg.keep_checkpoints:
+        shutil.rmtree(ckpt, ignore_errors=True)
     acc.wait_for_everyone()
     return folder
 
 
-def _evaluate_all(fm, store, pre, pipe0, refined, masked, cfg, w):
+def _evaluate_all(fm, store, pre, pipe0, refined, masked, cfg, w, acc=None):
     s = cfg.subject
     saved = {}
     key = f"pretrain_only_subj{s:02d}"
@@ -360,10 +398,10 @@ def _evaluate_all(fm, store, pre, pipe0, refined, masked, cfg, w):
         w.add_metric("pretrain_only", s, "test", "semantic_mse", _semantic_mse(fm, pipe0.conditioner, store, ids, maps))
         saved[key], saved[f"ids_subj{s:02d}"] = old[key], ids
     else:
-        _evaluate(fm, pipe0, store, s, cfg, "pretrain_only", w, saved)
+        _evaluate(fm, pipe0, store, s, cfg, "pretrain_only", w, saved, acc)
     for name, model in (("refined", refined), ("refined_mask", masked)):
         pipe = pipeline_from_model(fm, model.conditioner, model.controlnet, cfg.scheduler)
-        _evaluate(fm, pipe, store, s, cfg, name, w, saved)
+        _evaluate(fm, pipe, store, s, cfg, name, w, saved, acc)
     # control-scale sweep of the final model (refined + CFG mask: ``pipe`` of the last loop iteration)
     ids, maps, gt = _eval_set(store, s, cfg.n_eval)
     settings = sample_settings(cfg)
@@ -371,7 +409,7 @@ def _evaluate_all(fm, store, pre, pipe0, refined, masked, cfg, w):
         if float(scale) == float(cfg.control_scale):
             rec = torch.from_numpy(saved[f"refined_mask_subj{s:02d}"].astype(np.float32))
         else:
-            rec = reconstruct(pipe, maps, settings, control_scale=float(scale))
+            rec = reconstruct(pipe, maps, settings, control_scale=float(scale), accelerator=acc)
         for k, v in image_metrics(fm, gt, rec).items():
             w.add_metric("control_sweep", s, "test", f"{k}@{float(scale):g}", v)
         saved[f"sweep_{float(scale):g}"] = rec[:cfg.n_figure].numpy().astype(np.float16)

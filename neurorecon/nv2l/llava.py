@@ -341,7 +341,7 @@ def apply_lora(lm, r, alpha=16, dropout=0.05, target_modules=("q_proj", "k_proj"
 
 
 def train_llava_stage(model, data, voxels, stage, *, steps, batch_size, lr, weight_decay=0.0, seed=0, lora_r=0,
-                      ckpt_dir=None, ckpt_every=0, mixed_precision="no", progress=True):
+                      ckpt_dir=None, ckpt_every=0, mixed_precision="no", progress=True, grad_accum=1):
     """Stage 1 (projector) or stage 2 (projector + LM, or LoRA adapters) with :func:`neurorecon.training.fit`.
 
     Returns
@@ -368,7 +368,7 @@ def train_llava_stage(model, data, voxels, stage, *, steps, batch_size, lr, weig
         return fit(model, llava_loss(voxels), data, steps=steps, batch_size=batch_size, lr=lr,
                    weight_decay=weight_decay, seed=seed, params=params, ckpt_dir=ckpt_dir, ckpt_every=ckpt_every,
                    mixed_precision=mixed_precision, desc=f"LLaVA stage {stage}", progress=progress,
-                   log_every=max(1, steps // 100))
+                   log_every=max(1, steps // 100), grad_accum=grad_accum)
     finally:
         quiet.setLevel(level)
 

@@ -16,7 +16,6 @@ Artifacts (``$NEURORECON_HOME/artifacts/<profile>/language/``)::
 import copy
 import dataclasses
 import json
-import math
 import shutil
 import time
 from pathlib import Path
@@ -30,8 +29,9 @@ from .. import paths
 from ..artifacts import StageWriter, is_complete
 from ..config import StageConfig
 from ..devices import stage_device
+from ..distributed import num_processes
 from ..errors import ConfigError
-from ..training import make_accelerator
+from ..training import checkpoint_root, make_accelerator, resolve_steps
 from .baselines import fit_ridge, nearest_captions
 from .captions import METRICS, UNAVAILABLE, CaptionScorer
 from .concepts import ablation_check, concept_evidence
@@ -41,7 +41,7 @@ from .evaluate import derangement, majority_chance, qa_accuracy, qa_items, run_q
 from .instructions import build_instruction_data, load_generator, scene_objects, write_llava_json
 from .llava import BrainLlava, llava_batches, train_llava_stage
 
-__all__ = ["LanguageConfig", "run_language_stage", "checkpoint_dir", "load_lm", "n_steps", "caption_table",
+__all__ = ["LanguageConfig", "run_language_stage", "checkpoint_dir", "load_lm", "caption_table",
            "qa_table"]
 
 METHODS = ("brain_llava", "nn_caption", "shuffled_fmri")
@@ -56,6 +56,9 @@ class LanguageConfig(StageConfig):
 
     STAGE = "language"
     NOTEBOOK = "06_language_instruction_tuning"
+    NOT_TRAINING = ("eval_subjects", "caption_instruction", "caption_tokens", "qa_tokens", "meteor",
+                    "caption_tokenizer", "concept_prompt", "concept_fraction", "concept_random_draws", "n_dialogues",
+                    "ckpt_every", "torch_threads")
 
     seed: int = 0
     subjects: Optional[list[int]] = None
@@ -102,18 +105,23 @@ class LanguageConfig(StageConfig):
     concept_random_draws: int = 5
     n_dialogues: int = 4
     ckpt_every: int = 0
+    grad_accum: int = 1
     mixed_precision: str = "no"
     torch_threads: Optional[int] = None
 
 
-def n_steps(n, epochs, steps, batch):
-    """Optimizer steps: ``steps`` if set, else ``epochs`` passes over ``n`` samples at ``batch``."""
-    return int(steps) if steps is not None else max(1, math.ceil(float(epochs) * n / batch))
+def checkpoint_dir(cfg, name=None):
+    """Where training of one model of this config checkpoints (a killed run resumes from there):
+    ``artifacts/<profile>/language.ckpt/<key>/<name>``, keyed by the fields that change training and the
+    upstream stages' markers (:func:`neurorecon.training.checkpoint_root`)."""
+    root = checkpoint_root(cfg, ("data", "foundation"))
+    return root / name if name else root
 
 
-def checkpoint_dir(cfg, name):
-    """Where training of one model of this config checkpoints (a killed run resumes from there)."""
-    return paths.artifacts_dir(cfg.profile) / "checkpoints" / f"language-{cfg.digest()}" / name
+def _steps(cfg, n, epochs, steps, batch, name):
+    """Optimizer steps (``steps`` if set, else ``epochs`` over ``n`` samples for this launch's processes and
+    ``grad_accum``) and what the metrics record of them."""
+    return resolve_steps(steps, epochs, n, batch, num_processes(), cfg.grad_accum, name)
 
 
 def load_lm(cfg, fm):
@@ -280,7 +288,7 @@ def run_language_stage(cfg, force=False, fm=None, progress=True, log=print):
         _run(cfg, fm, progress, log)
     finally:
         torch.set_num_threads(threads)
-    shutil.rmtree(paths.artifacts_dir(cfg.profile) / "checkpoints" / f"language-{cfg.digest()}", ignore_errors=True)
+    shutil.rmtree(checkpoint_dir(cfg), ignore_errors=True)
     return folder
 
 
@@ -319,11 +327,11 @@ def _run(cfg, fm, progress, log):
         train_rows = np.searchsorted(targets["ids"], train_ids)
         encoder = build_vit3d(store, targets, train_rows, trials, cfg.patch_size, cfg.width, cfg.depth, cfg.heads,
                               cfg.mlp_ratio, cfg.head_hidden, cfg.dropout, cfg.seed)
-        steps = n_steps(len(trials), cfg.enc_epochs, cfg.enc_steps, cfg.enc_batch)
+        steps, record = _steps(cfg, len(trials), cfg.enc_epochs, cfg.enc_steps, cfg.enc_batch, "enc_steps")
         res = train_vit3d(encoder, trials, targets, steps=steps, batch_size=cfg.enc_batch, lr=cfg.enc_lr,
                           alpha=cfg.alpha, mixup=cfg.mixup, weight_decay=cfg.enc_weight_decay, seed=cfg.seed,
                           ckpt_dir=checkpoint_dir(cfg, "vit3d"), ckpt_every=cfg.ckpt_every,
-                          mixed_precision=cfg.mixed_precision, progress=progress)
+                          mixed_precision=cfg.mixed_precision, progress=progress, grad_accum=cfg.grad_accum)
         losses["ViT3D"] = res.losses
         encoder.eval().requires_grad_(False)
         encoder.save_pretrained(w.path / "vit3d")
@@ -332,7 +340,8 @@ def _run(cfg, fm, progress, log):
         for _, r in enc.iterrows():
             for k in ("top1_brain2image", "top1_image2brain", "chance", "clip_cosine", "latent_r"):
                 w.add_metric("vit3d", int(r.subject), "test", k, r[k])
-        w.add_metric("vit3d", "all", "train", "steps", steps)
+        for k, v in record.items():
+            w.add_metric("vit3d", "all", "train", k, v)
         w.add_metric("vit3d", "all", "train", "n_patches", encoder.grid.n_patches)
         timings["encoder"] = time.time() - t
         log(f"ViT3D: {steps} steps in {timings['encoder']:.0f} s; mean top-1 {enc.top1_brain2image.mean():.3f} "
@@ -350,13 +359,14 @@ def _run(cfg, fm, progress, log):
                 (2, cfg.stage2_types, cfg.stage2_epochs, cfg.stage2_steps, cfg.stage2_batch, cfg.stage2_lr)):
             records = [r for r in tr if r["type"] in types]
             data = llava_batches(records, tok, trials.trials_of, max_len)
-            steps = n_steps(len(records), epochs, st, batch)
+            steps, record = _steps(cfg, len(records), epochs, st, batch, f"stage{stage}_steps")
             res = train_llava_stage(llava, data, vox, stage, steps=steps, batch_size=batch, lr=lr, seed=cfg.seed,
                                     lora_r=cfg.lora_r, ckpt_dir=checkpoint_dir(cfg, f"llava{stage}"),
                                     ckpt_every=cfg.ckpt_every, mixed_precision=cfg.mixed_precision,
-                                    progress=progress)
+                                    progress=progress, grad_accum=cfg.grad_accum)
             losses[f"LLaVA stage {stage}"] = res.losses
-            w.add_metric("brain_llava", "all", "train", f"stage{stage}_steps", steps)
+            for k, v in record.items():
+                w.add_metric("brain_llava", "all", "train", f"stage{stage}_{k}", v)
             w.add_metric("brain_llava", "all", "train", f"stage{stage}_final_loss", res.losses[-1][1])
             timings[f"llava_stage{stage}"] = time.time() - t
             log(f"LLaVA stage {stage}: {len(records)} records, {steps} steps in {timings[f'llava_stage{stage}']:.0f} s, "

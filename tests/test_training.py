@@ -230,3 +230,6 @@ def test_two_cpu_processes_end_identical(tmp_path):
     want = train_worker.latent_cache_check(tmp_path / "single", 0)
     assert got["latents"].shape == (7, 1, 4, 4) and torch.equal(got["latents"], want)
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["latent_ids.npy", "latents.npy"]
+    images = train_worker.sampled_images()  # one process samples all 5 (3 + 2 when shared)
+    assert got["images"].shape == images.shape == (5, 3, 32, 32)
+    assert torch.allclose(got["images"], images, atol=1e-5)

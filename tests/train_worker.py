@@ -2,8 +2,8 @@
 
 Launched by torchrun (``train_worker.py OUT``), every rank trains the toy with checkpoints (2 processes × batch 2
 × 2 micro-batches), saves its weights as ``OUT/rank<r>.pt`` and lists the checkpoint folder in ``OUT/ckpt.json``;
-then exercises :mod:`neurorecon.distributed` on uneven splits and writes what rank 0 gathered to
-``OUT/gathered.pt``.
+then exercises :mod:`neurorecon.distributed` on uneven splits (plain tensors, ``cache_latents``, NeuroPictor's
+validation sampling) and writes what rank 0 gathered to ``OUT/gathered.pt``.
 """
 
 import json
@@ -61,6 +61,21 @@ def latent_cache_check(out, rank):
     return torch.from_numpy(np.array(lat))
 
 
+def sampled_images(accelerator=None):
+    """NeuroPictor's validation sampling (tiny random foundation and model) of 5 maps, shared by the ranks."""
+    from neurorecon.encoding import FMRIEncoder
+    from neurorecon.foundation import tiny_random_foundation
+    from neurorecon.neuropictor import SampleSettings, build_neuropictor, pipeline_from_model, reconstruct
+
+    fm = tiny_random_foundation(image_size=32, with_lm=False)
+    torch.manual_seed(0)
+    model = build_neuropictor(fm, FMRIEncoder(map_size=32, patch=8, width=32, depth=1, heads=2), semantic_mid=8)
+    torch.nn.init.normal_(model.controlnet.controlnet_cond_embedding.zero_conv.weight, std=0.1)  # not a no-op
+    pipe = pipeline_from_model(fm, model.conditioner, model.controlnet)
+    maps = torch.randn(5, 32, 32, generator=torch.Generator().manual_seed(3)).numpy()
+    return reconstruct(pipe, maps, SampleSettings(2, 3.0, 1.0, "ddim", 7, 2), accelerator=accelerator)
+
+
 if __name__ == "__main__":
     import torch.distributed as dist
 
@@ -79,6 +94,7 @@ if __name__ == "__main__":
         x = x if len(x) else torch.zeros((0,))  # an empty share of unknown shape
         gathered[f"n{n}"] = gather(x, acc)
     gathered["latents"] = latent_cache_check(out, rank)
+    gathered["images"] = sampled_images(acc)
     if rank == 0:
         torch.save(gathered, out / "gathered.pt")
         (out / "ckpt.json").write_text(json.dumps(sorted(p.name for p in (out / "ck").iterdir())))

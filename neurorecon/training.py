@@ -142,11 +142,21 @@ class TrainResult:
 
 
 def make_accelerator(mixed_precision="no", cpu=None):
+    """An ``Accelerator`` (CPU when there is no CUDA device). Raises when the launcher started several processes
+    but accelerate set up a single-process state (e.g. FSDP requested on a machine without GPUs: every rank
+    would then train its own copy)."""
     from accelerate import Accelerator
 
     if cpu is None:
         cpu = not torch.cuda.is_available()
-    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    acc = Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if launched > 1 and acc.num_processes != launched:
+        raise NeuroreconError(
+            f"the launcher started {launched} processes (WORLD_SIZE) but accelerate set up "
+            f"{acc.num_processes} ({acc.distributed_type}); FSDP and DeepSpeed configs need GPUs, use the DDP "
+            "config (or torchrun without them) on CPU")
+    return acc
 
 
 def _phase(name):
@@ -268,6 +278,7 @@ def fit(model, loss_fn, data, *, steps, batch_size, lr, weight_decay=0.01, seed=
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     model, opt = acc.prepare(model, opt)
+    params = [p for group in opt.param_groups for p in group["params"]]  # FSDP replaces them with shards
     world, rank = acc.num_processes, acc.process_index
     micro = batch_size * world
     global_batch = micro * grad_accum

@@ -85,33 +85,41 @@ def test_checkpoint_of_the_earlier_layout_still_resumes(tmp_path):
 
 
 KILL_IN_SAVE = """
-import os, signal, sys
+import json, os, signal, sys
 sys.path.insert(0, {here!r})
-import train_worker
+import train_worker  # imports torch once; no torch op runs here, so forking is safe
 import neurorecon.training as T
 import accelerate.checkpointing as C
 
-phase, seen = {phase!r}, []
-if phase == "inside-save-state":  # the 4th file accelerate writes is the optimizer state of the step-8 save
-    original = C.save
+status = {{}}
+for phase in {phases!r}:
+    pid = os.fork()
+    if pid == 0:  # the child trains and is SIGKILLed inside one window of its second checkpoint write (step 8)
+        seen = []
+        if phase == "inside-save-state":  # the 4th file accelerate writes: the optimizer state of step 8
+            original = C.save
 
-    def save(obj, f, *a, **k):
-        seen.append(f)
-        if len(seen) == 4:
-            open(f, "wb").write(b"half a file")
-            os.kill(os.getpid(), signal.SIGKILL)
-        return original(obj, f, *a, **k)
+            def save(obj, f, *a, **k):
+                seen.append(f)
+                if len(seen) == 4:
+                    open(f, "wb").write(b"half a file")
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return original(obj, f, *a, **k)
 
-    C.save = save
-else:
-    def die(name):
-        if name == phase:
-            seen.append(name)
-            if len(seen) == 2:  # during the second checkpoint write (step 8); step 4 is complete
-                os.kill(os.getpid(), signal.SIGKILL)
+            C.save = save
+        else:
+            def die(name):
+                if name == phase:
+                    seen.append(name)
+                    if len(seen) == 2:
+                        os.kill(os.getpid(), signal.SIGKILL)
 
-    T._phase = die
-train_worker.run(steps=12, ckpt_dir={ckpt!r}, ckpt_every=4)
+            T._phase = die
+        train_worker.run(steps=12, ckpt_dir=os.path.join({root!r}, phase), ckpt_every=4)
+        os._exit(0)
+    _, code = os.waitpid(pid, 0)
+    status[phase] = os.WIFSIGNALED(code) and os.WTERMSIG(code) == signal.SIGKILL
+print(json.dumps(status))
 """
 
 PHASES = {"inside-save-state": 4, "state-written": 4, "step-json-written": 4, "link-made": 4,
@@ -119,15 +127,14 @@ PHASES = {"inside-save-state": 4, "state-written": 4, "step-json-written": 4, "l
 
 
 def test_a_kill_at_any_point_of_a_checkpoint_write_leaves_a_loadable_latest(tmp_path):
-    """Real ``SIGKILL``s of training processes inside every window of a checkpoint write (in parallel: one
-    process per window). Each leaves ``latest`` pointing at a complete checkpoint, and the rerun resumes from it
-    to the weights of an uninterrupted run."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = {p: subprocess.Popen([sys.executable, "-c", KILL_IN_SAVE.format(here=str(HERE), phase=p,
-                                                                             ckpt=str(tmp_path / p))], env=env)
-             for p in PHASES}
-    for p, proc in procs.items():
-        assert proc.wait(timeout=300) == -signal.SIGKILL, f"{p}: the run was not killed"
+    """Real ``SIGKILL``s of training processes inside every window of a checkpoint write (one forked process per
+    window). Each leaves ``latest`` pointing at a complete checkpoint, and the rerun resumes from it to the
+    weights of an uninterrupted run."""
+    code = KILL_IN_SAVE.format(here=str(HERE), phases=list(PHASES), root=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {p: True for p in PHASES}  # each was killed
     full, _ = train_worker.run(steps=12)
     for p, step in PHASES.items():
         ck = tmp_path / p
@@ -205,14 +212,42 @@ def test_checkpoint_key_ignores_fields_that_do_not_change_training(tmp_path, mon
         assert checkpoint_key(dataclasses.replace(cfg, grad_accum=2)) != checkpoint_key(cfg), cls
 
 
+ACCELERATE_CONFIGS = HERE.parent / "neurorecon" / "configs" / "accelerate"
+
+
+def test_shipped_accelerate_configs_parse_and_are_named_in_the_readme():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    readme = (HERE.parent / "README.md").read_text()
+    want = {"ddp_8gpu.yaml": (1, 8), "ddp_2gpu.yaml": (1, 2), "ddp_multinode.yaml": (2, 16)}
+    for name, (machines, processes) in want.items():
+        cfg = load_config_from_file(str(ACCELERATE_CONFIGS / name))
+        assert (cfg.num_machines, cfg.num_processes, cfg.distributed_type) == (machines, processes, "MULTI_GPU"), name
+        assert cfg.mixed_precision == "no", name  # the stage configs decide
+        assert f"configs/accelerate/{name}" in readme, name
+    script = ACCELERATE_CONFIGS / "slurm_multinode.sh"
+    assert "ddp_multinode.yaml" in script.read_text() and "configs/accelerate/slurm_multinode.sh" in readme
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+
+
+def test_a_multi_process_launch_that_accelerate_runs_as_one_process_is_an_error(monkeypatch):
+    from neurorecon.training import make_accelerator
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # e.g. FSDP asked for on a machine without GPUs: each rank alone
+    with pytest.raises(NeuroreconError, match=r"the launcher started 2 processes .* set up 1"):
+        make_accelerator()
+
+
 @pytest.mark.slow
 def test_two_cpu_processes_end_identical(tmp_path):
-    """Two real gloo ranks (torchrun): 2 processes × batch 2 × 2 micro-batches end identical, equal to one process
-    accumulating 4 micro-batches of 2; one checkpoint folder holding both ranks' RNG state and no pid-named
-    leftovers; sharded work gathered in the single-process order, latents cached by both ranks included."""
+    """Two real gloo ranks (``accelerate launch`` with the shipped DDP config, which falls back to gloo on CPU):
+    2 processes × batch 2 × 2 micro-batches end identical, equal to one process accumulating 4 micro-batches of
+    2; one checkpoint folder holding both ranks' RNG state and no pid-named leftovers; sharded work gathered in
+    the single-process order (latents cached by both ranks, NeuroPictor's validation images)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(HERE / "train_worker.py"), str(tmp_path)]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ACCELERATE_CONFIGS / "ddp_8gpu.yaml"), "--num_processes", "2", str(HERE / "train_worker.py"),
+           str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")

@@ -58,7 +58,8 @@ def gather(tensor, accelerator=None):
     trailing, dtype = full[0][1], getattr(torch, full[0][2].replace("torch.", ""))
     bad = [m for m in full if m[1] != trailing or m[2] != full[0][2]]
     if bad:
-        raise ValueError(f"gather: ranks hold rows of different shapes/dtypes {sorted(set((m[1], m[2]) for m in meta))}")
+        kinds = sorted({(m[1], m[2]) for m in meta})
+        raise ValueError(f"gather: ranks hold rows of different shapes/dtypes {kinds}")
     sizes = [m[0] for m in meta]
     longest = max(sizes)
     x = tensor.to(accelerator.device) if tensor.numel() else torch.zeros((0,) + trailing, dtype=dtype,

@@ -8,7 +8,8 @@ keeps every single trial as its own sample (3× the samples, each noisier: a for
 
 Latents are the VAE posterior means of the training images, computed once (the VAE is frozen) into a cache folder
 as ``.npy`` files the processes memory-map; in multi-process runs every rank encodes its share of the images
-and the main process assembles them. Caption tokens for the semantic loss are computed per batch by the frozen text tower.
+and the main process assembles them.
+Caption tokens for the semantic loss are computed per batch by the frozen text tower.
 """
 
 import json

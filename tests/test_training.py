@@ -243,7 +243,8 @@ def test_two_cpu_processes_end_identical(tmp_path):
     """Two real gloo ranks (``accelerate launch`` with the shipped DDP config, which falls back to gloo on CPU):
     2 processes × batch 2 × 2 micro-batches end identical, equal to one process accumulating 4 micro-batches of
     2; one checkpoint folder holding both ranks' RNG state and no pid-named leftovers; sharded work gathered in
-    the single-process order (latents cached by both ranks, NeuroPictor's validation images)."""
+    the single-process order (latents cached by both ranks, NeuroPictor's validation images, the encoding stage's
+    test reconstructions)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(ACCELERATE_CONFIGS / "ddp_8gpu.yaml"), "--num_processes", "2", str(HERE / "train_worker.py"),
@@ -268,3 +269,6 @@ def test_two_cpu_processes_end_identical(tmp_path):
     images = train_worker.sampled_images()  # one process samples all 5 (3 + 2 when shared)
     assert got["images"].shape == images.shape == (5, 3, 32, 32)
     assert torch.allclose(got["images"], images, atol=1e-5)
+    recon = train_worker.autoencoder_reconstructions()
+    assert recon.shape == got["autoencoder"].shape == (5, 16, 16)
+    assert torch.allclose(got["autoencoder"], recon, atol=1e-6)

@@ -3,7 +3,7 @@
 Launched by torchrun (``train_worker.py OUT``), every rank trains the toy with checkpoints (2 processes × batch 2
 × 2 micro-batches), saves its weights as ``OUT/rank<r>.pt`` and lists the checkpoint folder in ``OUT/ckpt.json``;
 then exercises :mod:`neurorecon.distributed` on uneven splits (plain tensors, ``cache_latents``, NeuroPictor's
-validation sampling) and writes what rank 0 gathered to ``OUT/gathered.pt``.
+validation sampling, the encoding stage's test reconstructions) and writes what rank 0 gathered to ``OUT/gathered.pt``.
 """
 
 import json
@@ -76,6 +76,18 @@ def sampled_images(accelerator=None):
     return reconstruct(pipe, maps, SampleSettings(2, 3.0, 1.0, "ddim", 7, 2), accelerator=accelerator)
 
 
+def autoencoder_reconstructions(accelerator=None):
+    """The encoding stage's test-map reconstructions (tiny autoencoder) of 5 maps, shared by the ranks."""
+    from neurorecon.encoding.model import FMRIAutoencoder
+    from neurorecon.encoding.stage import reconstruct
+
+    torch.manual_seed(0)
+    model = FMRIAutoencoder(map_size=16, patch=8, width=16, depth=1, heads=2, decoder_width=16, decoder_depth=1,
+                            decoder_heads=2)
+    maps = np.random.default_rng(4).normal(size=(5, 16, 16)).astype(np.float32)
+    return torch.from_numpy(reconstruct(model, maps, batch_size=2, accelerator=accelerator))
+
+
 if __name__ == "__main__":
     import torch.distributed as dist
 
@@ -95,6 +107,7 @@ if __name__ == "__main__":
         gathered[f"n{n}"] = gather(x, acc)
     gathered["latents"] = latent_cache_check(out, rank)
     gathered["images"] = sampled_images(acc)
+    gathered["autoencoder"] = autoencoder_reconstructions(acc)
     if rank == 0:
         torch.save(gathered, out / "gathered.pt")
         (out / "ckpt.json").write_text(json.dumps(sorted(p.name for p in (out / "ck").iterdir())))

@@ -28,6 +28,7 @@ from ..config import StageConfig
 from ..data import open_store
 from ..data.stage import store_path
 from ..devices import stage_device, to_module
+from ..distributed import gather, shard
 from ..errors import ConfigError, DataError
 from ..training import checkpoint_root, fit, make_accelerator, resolve_steps
 from .data import StackedMaps, check_flat, pretraining_arrays, visual_mask
@@ -113,19 +114,22 @@ def initial_autoencoder(cfg, map_size):
 
 
 @torch.no_grad()
-def reconstruct_tensor(model, maps, batch_size=256):
+def reconstruct_tensor(model, maps, batch_size=256, accelerator=None):
     """Autoencoder reconstructions as a float32 CPU tensor (n, H, W): each batch of ``maps`` (a CPU array, as the
-    store holds them) goes to the model's device and dtype."""
+    store holds them) goes to the model's device and dtype. With an ``accelerator`` of several processes each
+    reconstructs its share of the maps and every process gets all of them back in order."""
+    mine = shard(len(maps), accelerator)
     model.eval()
     with torch.no_grad():
-        out = [model(to_module(np.asarray(maps[i:i + batch_size], dtype=np.float32), model)).float().cpu()
-               for i in range(0, len(maps), batch_size)]
-    return torch.cat(out)
+        out = [model(to_module(np.asarray(maps[i:min(i + batch_size, mine.stop)], dtype=np.float32),
+                               model)).float().cpu()
+               for i in range(mine.start, mine.stop, batch_size)]
+    return gather(torch.cat(out) if out else torch.zeros((0,)), accelerator)
 
 
-def reconstruct(model, maps, batch_size=256):
+def reconstruct(model, maps, batch_size=256, accelerator=None):
     """Autoencoder reconstructions (n, H, W) float32 of maps (n, H, W), as a numpy array."""
-    return reconstruct_tensor(model, maps, batch_size).numpy()
+    return reconstruct_tensor(model, maps, batch_size, accelerator).numpy()
 
 
 def reconstruction_r2(maps, recon, mask):
@@ -175,8 +179,11 @@ def run_encoding_stage(cfg, force=False, progress=True):
                  gradient_checkpointing=cfg.gradient_checkpointing, desc="fMRI autoencoder", progress=progress,
                  accelerator=acc, grad_accum=cfg.grad_accum)
     cpu = time.process_time() - cpu0
+    t0 = time.time()  # every process reconstructs its share of each subject's test maps
+    r2 = {s: reconstruction_r2(store.subject(s).test_flat,
+                               reconstruct(model, store.subject(s).test_flat, cfg.eval_batch, acc), mask)
+          for s in store.subjects}
     if acc.is_main_process:
-        t0 = time.time()
         with StageWriter(cfg) as w:
             model.save_pretrained(w.path / "autoencoder")
             model.encoder.save_pretrained(w.path / "encoder")
@@ -193,9 +200,7 @@ def run_encoding_stage(cfg, force=False, progress=True):
                              np.mean([v for _, v in result.losses[-20:]]))
             w.add_metric("autoencoder", "all", "train", "from_init_checkpoint", float(bool(cfg.init_checkpoint)))
             for s in store.subjects:
-                sub = store.subject(s)
-                r2 = reconstruction_r2(sub.test_flat, reconstruct(model, sub.test_flat, cfg.eval_batch), mask)
-                w.add_metric("autoencoder", s, "test", "r2", r2)
+                w.add_metric("autoencoder", s, "test", "r2", r2[s])
                 w.add_metric("autoencoder", s, "test", "in_pretraining", float(s in train_subjects))
             w.add_metric("autoencoder", "all", "test", "eval_seconds", time.time() - t0)
         if not cfg.keep_checkpoints:

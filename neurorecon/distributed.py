@@ -14,7 +14,7 @@ import contextlib
 
 import torch
 
-__all__ = ["shard", "shard_bounds", "gather", "world", "main_writer", "num_processes"]
+__all__ = ["shard", "shard_bounds", "gather", "world", "main_writer", "num_processes", "require_single_process"]
 
 
 def world(accelerator=None):
@@ -78,6 +78,19 @@ def num_processes():
     from accelerate import PartialState
 
     return int(PartialState().num_processes)
+
+
+def require_single_process(stage):
+    """Raise when ``stage`` (one that runs as a single process) was started under a multi-process launcher:
+    every rank would train, evaluate and write the same stage folder."""
+    import os
+
+    from .errors import ConfigError
+
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if launched > 1:
+        raise ConfigError(f"the {stage} stage runs as one process, but it was launched as {launched} "
+                          "(WORLD_SIZE); run it without torchrun/accelerate launch")
 
 
 class _Discard:

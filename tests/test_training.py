@@ -233,9 +233,22 @@ def test_shipped_accelerate_configs_parse_and_are_named_in_the_readme():
 def test_a_multi_process_launch_that_accelerate_runs_as_one_process_is_an_error(monkeypatch):
     from neurorecon.training import make_accelerator
 
+    make_accelerator()  # this process's (single-process) accelerate state, as a rank that fell back would have
     monkeypatch.setenv("WORLD_SIZE", "2")  # e.g. FSDP asked for on a machine without GPUs: each rank alone
     with pytest.raises(NeuroreconError, match=r"the launcher started 2 processes .* set up 1"):
         make_accelerator()
+
+
+def test_single_process_stages_refuse_a_multi_process_launch(monkeypatch):
+    from neurorecon.config import load_config
+    from neurorecon.evaluation.stage import ReconstructionConfig, run_reconstruction_stage
+    from neurorecon.nv2l.stage import LanguageConfig, run_language_stage
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="the language stage runs as one process, but it was launched as 2"):
+        run_language_stage(load_config(LanguageConfig, "smoke"), force=True)
+    with pytest.raises(ConfigError, match="the reconstruction stage runs as one process"):
+        run_reconstruction_stage(load_config(ReconstructionConfig, "smoke"), force=True)
 
 
 @pytest.mark.slow

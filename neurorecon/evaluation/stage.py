@@ -43,6 +43,7 @@ import yaml
 from .. import paths
 from ..artifacts import StageWriter, is_complete, require_stage
 from ..config import StageConfig, config_source, load_config
+from ..distributed import require_single_process
 from ..devices import stage_device
 from ..errors import ConfigError
 from ..metrics import derangement
@@ -283,6 +284,7 @@ def run_reconstruction_stage(cfg, force=False, fm=None, log=print):
     folder = paths.stage_dir(cfg.STAGE, cfg.profile)
     if not force and is_complete(cfg.STAGE, cfg.profile, cfg.digest()):
         return folder
+    require_single_process(cfg.STAGE)
     bad = [m for m in cfg.methods if m not in METHOD_LABELS]
     if bad:
         raise ConfigError(f"reconstruction config: unknown method(s) {bad}; expected {', '.join(METHOD_LABELS)}")

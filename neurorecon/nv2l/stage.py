@@ -29,7 +29,7 @@ from .. import paths
 from ..artifacts import StageWriter, is_complete
 from ..config import StageConfig
 from ..devices import stage_device
-from ..distributed import num_processes
+from ..distributed import num_processes, require_single_process
 from ..errors import ConfigError
 from ..training import checkpoint_root, make_accelerator, resolve_steps
 from .baselines import fit_ridge, nearest_captions
@@ -281,6 +281,7 @@ def run_language_stage(cfg, force=False, fm=None, progress=True, log=print):
     if not force and is_complete(cfg.STAGE, cfg.profile, cfg.digest()):
         return folder
     _check_cfg(cfg)
+    require_single_process(cfg.STAGE)
     threads = torch.get_num_threads()
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)

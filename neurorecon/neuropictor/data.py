@@ -61,6 +61,7 @@ def cache_latents(fm, store, image_ids, folder, accelerator=None, batch_size=64)
         num, rank = world(accelerator)
         part = folder / f"latents.part-{rank}-of-{num}.npy"
         mine = image_ids[shard(len(image_ids), accelerator)]
+        part.unlink(missing_ok=True)  # a killed earlier run's part (this rank's share may now be empty)
         out = None
         for i in range(0, len(mine), batch_size):
             z = fm.encode_images(store.get_images(mine[i:i + batch_size])).float().cpu().numpy()

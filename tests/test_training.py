@@ -212,6 +212,24 @@ def test_checkpoint_key_ignores_fields_that_do_not_change_training(tmp_path, mon
         assert checkpoint_key(dataclasses.replace(cfg, grad_accum=2)) != checkpoint_key(cfg), cls
 
 
+def test_editing_evaluation_settings_resumes_a_stage_instead_of_restarting(new_smoke_home, home_set_to):
+    """Pretraining stopped after step 3 (checkpoint at 2), rerun with other evaluation/thread settings: it resumes
+    from step 2 (the checkpoint key ignores those fields) and records that in its metrics."""
+    from neurorecon.artifacts import read_metrics
+    from neurorecon.neuropictor.train import main
+    from neurorecon.paths import stage_dir
+
+    base = ["--stage", "pretrain", "--profile", "smoke", "--foundation", "tiny", "--no-progress", "--force",
+            "--set", "ckpt_every=2", "--set", "steps=4", "--set", "batch_size=4", "--set", "n_eval=2",
+            "--set", "num_inference_steps=1", "--set", "eval_subjects=[1]"]
+    with home_set_to(new_smoke_home("resume_home")):
+        main(["--stage", "encoding", "--profile", "smoke", "--set", "steps=2", "--no-progress"])
+        main(base + ["--set", "eval_batch=2", "--stop-after", "3"])
+        main(base + ["--set", "eval_batch=1", "--set", "num_threads=2", "--set", "guidance_scale=2.0"])
+        m = read_metrics(stage_dir("pretrain", "smoke")).set_index("metric").value
+    assert m["resumed_from"] == 2 and m["steps"] == 4 and m["steps_from_epochs"] == 0
+
+
 ACCELERATE_CONFIGS = HERE.parent / "neurorecon" / "configs" / "accelerate"
 
 

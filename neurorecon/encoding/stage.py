@@ -193,7 +193,7 @@ def run_encoding_stage(cfg, force=False, progress=True):
             w.add_metric("autoencoder", "all", "train", "seconds", result.seconds)
             w.add_metric("autoencoder", "all", "train", "cpu_seconds", cpu)
             w.add_metric("autoencoder", "all", "train", "n_maps", len(data))
-            for k, v in record.items():
+            for k, v in dict(record, resumed_from=result.resumed_from).items():
                 w.add_metric("autoencoder", "all", "train", k, v)
             if result.losses:
                 w.add_metric("autoencoder", "all", "train", "final_loss",

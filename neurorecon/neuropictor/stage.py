@@ -149,8 +149,9 @@ def _steps(cfg, acc, n, steps, epochs, name="steps"):
     return resolve_steps(steps, epochs, n, cfg.batch_size, acc.num_processes, cfg.grad_accum, name)
 
 
-def _record_steps(w, method, subject, record):
-    for k, v in record.items():
+def _record_steps(w, method, subject, record, result):
+    """The stage's metrics of a training run's length (see the module docstring) and the step it resumed from."""
+    for k, v in dict(record, resumed_from=result.resumed_from).items():
         w.add_metric(method, subject, "train", k, v)
 
 
@@ -290,7 +291,7 @@ def run_pretrain_stage(cfg, force=False, progress=True, foundation=None, stop_af
         w.add_metric("pretrain", "all", "train", "cpu_seconds", cpu)
         w.add_metric("pretrain", "all", "train", "n_samples", len(data))
         w.add_metric("pretrain", "all", "train", "n_subjects", len(subjects))
-        _record_steps(w, "pretrain", "all", record)
+        _record_steps(w, "pretrain", "all", record, res)
         w.add_metric("pretrain", "all", "train", "final_loss", np.mean([v for _, v in res.losses[-20:]]))
         pipe = pipeline_from_model(fm, model.conditioner, model.controlnet, cfg.scheduler)
         saved = {}
@@ -370,8 +371,8 @@ def run_refine_stage(cfg, force=False, progress=True, foundation=None, stop_afte
         w.add_metric("refined", s, "train", "cpu_seconds", cpu1 - cpu0)
         w.add_metric("refined_mask", s, "train", "cpu_seconds", cpu2 - cpu1)
         w.add_metric("refined", s, "train", "n_samples", len(data))
-        _record_steps(w, "refined", s, record)
-        _record_steps(w, "refined_mask", s, mask_record)
+        _record_steps(w, "refined", s, record, res)
+        _record_steps(w, "refined_mask", s, mask_record, res_mask)
         saved = _evaluate_all(fm, store, pre, pipe0, refined, masked, cfg, w, acc)
         if main:
             np.savez_compressed(w.path / "reconstructions.npz", **saved)

@@ -341,7 +341,7 @@ def _run(cfg, fm, progress, log):
         for _, r in enc.iterrows():
             for k in ("top1_brain2image", "top1_image2brain", "chance", "clip_cosine", "latent_r"):
                 w.add_metric("vit3d", int(r.subject), "test", k, r[k])
-        for k, v in record.items():
+        for k, v in dict(record, resumed_from=res.resumed_from).items():
             w.add_metric("vit3d", "all", "train", k, v)
         w.add_metric("vit3d", "all", "train", "n_patches", encoder.grid.n_patches)
         timings["encoder"] = time.time() - t
@@ -366,7 +366,7 @@ def _run(cfg, fm, progress, log):
                                     ckpt_every=cfg.ckpt_every, mixed_precision=cfg.mixed_precision,
                                     progress=progress, grad_accum=cfg.grad_accum)
             losses[f"LLaVA stage {stage}"] = res.losses
-            for k, v in record.items():
+            for k, v in dict(record, resumed_from=res.resumed_from).items():
                 w.add_metric("brain_llava", "all", "train", f"stage{stage}_{k}", v)
             w.add_metric("brain_llava", "all", "train", f"stage{stage}_final_loss", res.losses[-1][1])
             timings[f"llava_stage{stage}"] = time.time() - t

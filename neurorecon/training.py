@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from .errors import ConfigError, NeuroreconError
 
 __all__ = ["TrainResult", "fit", "ArrayBatches", "make_accelerator", "epoch_order", "steps_for", "resolve_steps",
-           "checkpoint_key", "checkpoint_root", "save_checkpoint", "load_checkpoint"]
+           "checkpoint_key", "checkpoint_root", "remove_checkpoints", "save_checkpoint", "load_checkpoint"]
 
 
 class ArrayBatches:
@@ -131,6 +131,18 @@ def checkpoint_root(cfg, upstream=()):
     from . import paths
 
     return paths.artifacts_dir(cfg.profile) / f"{cfg.STAGE}.ckpt" / checkpoint_key(cfg, upstream)
+
+
+def remove_checkpoints(folder):
+    """Delete a stage's checkpoint folder once the stage is written, and its ``<stage>.ckpt`` parent if that is
+    left empty."""
+    folder = Path(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+    if folder.parent.name.endswith(".ckpt"):
+        try:
+            folder.parent.rmdir()
+        except OSError:  # other configs' checkpoints are still there
+            pass
 
 
 @dataclass

@@ -14,7 +14,6 @@ lists the values to set), ``steps`` of NSD pretraining follow (0: use it as it i
 
 import dataclasses
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -30,7 +29,7 @@ from ..data.stage import store_path
 from ..devices import stage_device, to_module
 from ..distributed import gather, shard
 from ..errors import ConfigError, DataError
-from ..training import checkpoint_root, fit, make_accelerator, resolve_steps
+from ..training import checkpoint_root, fit, make_accelerator, remove_checkpoints, resolve_steps
 from .data import StackedMaps, check_flat, pretraining_arrays, visual_mask
 from .model import FMRIAutoencoder, FMRIEncoder, masked_mse
 
@@ -204,6 +203,6 @@ def run_encoding_stage(cfg, force=False, progress=True):
                 w.add_metric("autoencoder", s, "test", "in_pretraining", float(s in train_subjects))
             w.add_metric("autoencoder", "all", "test", "eval_seconds", time.time() - t0)
         if not cfg.keep_checkpoints:
-            shutil.rmtree(ckpt, ignore_errors=True)
+            remove_checkpoints(ckpt)
     acc.wait_for_everyone()
     return folder

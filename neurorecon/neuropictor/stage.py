@@ -22,7 +22,6 @@ its share of the test images) and gathered on the main process.
 import copy
 import dataclasses
 import json
-import shutil
 import time
 import typing
 from pathlib import Path
@@ -40,7 +39,7 @@ from ..devices import check_precision, module_dtype, stage_device, to_module
 from ..distributed import main_writer
 from ..encoding import load_encoder
 from ..errors import ConfigError
-from ..training import checkpoint_root, fit, make_accelerator, resolve_steps
+from ..training import checkpoint_root, fit, make_accelerator, remove_checkpoints, resolve_steps
 from .data import PairBatches, cache_latents, caption_lists, subject_pairs
 from .evaluate import (SampleSettings, evaluate_reconstructions, load_pipeline, pipeline_from_model,
                        reconstruct, save_model)
@@ -302,7 +301,7 @@ def run_pretrain_stage(cfg, force=False, progress=True, foundation=None, stop_af
             np.savez_compressed(w.path / "reconstructions.npz", **saved)
             (w.path / "sampling.json").write_text(json.dumps(_sampling_record(cfg)))
     if main and not cfg.keep_checkpoints:
-        shutil.rmtree(ckpt, ignore_errors=True)
+        remove_checkpoints(ckpt)
     acc.wait_for_everyone()
     return folder
 
@@ -377,7 +376,7 @@ def run_refine_stage(cfg, force=False, progress=True, foundation=None, stop_afte
         if main:
             np.savez_compressed(w.path / "reconstructions.npz", **saved)
     if main and not cfg.keep_checkpoints:
-        shutil.rmtree(ckpt, ignore_errors=True)
+        remove_checkpoints(ckpt)
     acc.wait_for_everyone()
     return folder
 

@@ -16,7 +16,6 @@ Artifacts (``$NEURORECON_HOME/artifacts/<profile>/language/``)::
 import copy
 import dataclasses
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -31,7 +30,7 @@ from ..config import StageConfig
 from ..devices import stage_device
 from ..distributed import num_processes, require_single_process
 from ..errors import ConfigError
-from ..training import checkpoint_root, make_accelerator, resolve_steps
+from ..training import checkpoint_root, make_accelerator, remove_checkpoints, resolve_steps
 from .baselines import fit_ridge, nearest_captions
 from .captions import METRICS, UNAVAILABLE, CaptionScorer
 from .concepts import ablation_check, concept_evidence
@@ -289,7 +288,7 @@ def run_language_stage(cfg, force=False, fm=None, progress=True, log=print):
         _run(cfg, fm, progress, log)
     finally:
         torch.set_num_threads(threads)
-    shutil.rmtree(checkpoint_dir(cfg), ignore_errors=True)
+    remove_checkpoints(checkpoint_dir(cfg))
     return folder
 
 

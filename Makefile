@@ -2,20 +2,32 @@
 PROFILE ?= demo
 CONFIG ?=
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# Installs the lock (exact versions, requirements/lock-$(TORCH).txt) by default: TORCH=cuda is PyPI's Linux torch
+# (a CUDA build; it also runs on CPU), TORCH=cpu takes torch from PyTorch's CPU wheel index. LOCK=0 installs the
+# ranges of pyproject.toml instead, with torch from TORCH_SPEC. Each mode has its own stamp, so switching reinstalls.
+LOCK ?= 1
+TORCH ?= cuda
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+LOCKFILE := requirements/lock-$(TORCH).txt
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.neurorecon-installed
+STAMP := $(VENV)/.neurorecon-installed-$(if $(filter 1,$(LOCK)),lock-$(TORCH),ranges)
 
 .PHONY: reproduce test test-gpu test-browser bench venv clean-home
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(if $(filter 1,$(LOCK)),$(LOCKFILE))
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+ifeq ($(LOCK),1)
+	$(PY) -m pip install --quiet -r $(LOCKFILE)
+	$(PY) -m pip install --quiet --no-deps -e .
+else
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
 	$(PY) -m pip install --quiet -e '.[dev]'
+endif
+	rm -f $(VENV)/.neurorecon-installed*
 	touch $(STAMP)
 
 ## Run the numbered notebooks in order (PROFILE=demo|smoke|full; CONFIG=your run config YAML); completed stages are skipped.

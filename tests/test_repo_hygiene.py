@@ -1,19 +1,13 @@
-"""Repository conventions: clean notebooks, environment.yml in sync with pyproject, README commands."""
+"""Repository conventions: clean notebooks, README commands (environment files: tests/test_lock.py)."""
 
 import json
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-
-
-def _name(req):
-    return re.split(r"[<>=!~ \[]", req, maxsplit=1)[0].lower().replace("_", "-")
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
@@ -32,18 +26,6 @@ def test_notebook_committed_clean(nb):
 
 def test_notebooks_numbered_in_order():
     assert NOTEBOOKS and [p.name[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(1, len(NOTEBOOKS) + 1)]
-
-
-def test_environment_yml_matches_pyproject():
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = {_name(r): r for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
-    env = yaml.safe_load((ROOT / "environment.yml").read_text())
-    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    got = {_name(r): r for r in pip if not r.startswith("-e")}
-    assert "-e ." in pip
-    assert set(got) == set(wanted)
-    pinned = {"torch", "torchvision"}  # pinned to the CPU wheels in environment.yml, ranges in pyproject
-    assert {k: v for k, v in got.items() if k not in pinned} == {k: v for k, v in wanted.items() if k not in pinned}
 
 
 def test_readme_leads_with_the_two_commands_and_ci_calls_make_test():

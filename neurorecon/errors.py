@@ -1,6 +1,6 @@
 """Exception types with messages that name the file and what was expected."""
 
-__all__ = ["NeuroreconError", "ConfigError", "DataError", "MissingStageError"]
+__all__ = ["NeuroreconError", "ConfigError", "DataError", "MissingStageError", "MissingDependencyError"]
 
 
 class NeuroreconError(Exception):
@@ -36,3 +36,7 @@ class DataError(NeuroreconError):
 
 class MissingStageError(NeuroreconError, FileNotFoundError):
     """A stage's input (an earlier stage's artifacts) is missing or incomplete."""
+
+
+class MissingDependencyError(NeuroreconError, RuntimeError):
+    """A program or package the configured computation needs is not installed (e.g. Java for METEOR)."""

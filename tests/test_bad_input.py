@@ -104,3 +104,19 @@ def test_cli_exit_code_and_message(tree, tmp_path, capsys):
     assert code == 2
     assert "betas_session01.hdf5: expected session 01" in err
     assert not (tmp_path / "store").exists()
+
+
+def test_missing_coco_captions_file_is_an_error_not_empty_captions(tree, tmp_path):
+    (tree / "nsddata_stimuli/stimuli/nsd/annotations/captions_val2017.json").unlink()
+    msg = _prepare_fails(tree, tmp_path, r"captions_val2017\.json: expected the COCO captions file of split val2017")
+    assert "no such file" in msg and "coco-root" in msg
+
+
+def test_coco_image_without_captions_is_an_error(tree, tmp_path):
+    import json
+
+    path = tree / "nsddata_stimuli/stimuli/nsd/annotations/captions_val2017.json"
+    data = json.loads(path.read_text())
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] % 2]  # even cocoIds lose theirs
+    path.write_text(json.dumps(data))
+    _prepare_fails(tree, tmp_path, r"expected captions for every COCO image.*none for \d+ cocoId\(s\), e\.g\. \[5\d\d")

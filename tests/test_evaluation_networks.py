@@ -46,18 +46,23 @@ def images():
     return gt, rec
 
 
-def test_missing_or_unset_weights_make_metrics_unavailable(tmp_path):
+def test_a_configured_but_missing_weight_file_raises_naming_it(tmp_path):
     missing = tmp_path / "nope" / "alexnet.pth"
-    nets = load_metric_networks(_cfg(alexnet=str(missing)))
+    with pytest.raises(DataError, match=r"nope/alexnet\.pth: expected a torchvision AlexNet.*key 'alexnet'.*"
+                                        r"no such file"):
+        load_metric_networks(_cfg(alexnet=str(missing)))
+
+
+def test_unset_weights_make_metrics_unavailable():
+    nets = load_metric_networks(_cfg())
     assert nets.available == []
-    assert nets.unavailable["AlexNet(2)"] == f"unavailable (looked for {missing}: no such file)"
     assert nets.unavailable["AlexNet(5)"] == nets.unavailable["AlexNet(2)"]
-    for m in ("Inception", "CLIP", "EffNet-B", "SwAV"):
+    for m in ("AlexNet(2)", "Inception", "CLIP", "EffNet-B", "SwAV"):
         assert nets.unavailable[m].startswith("unavailable (looked for") and "is not set" in nets.unavailable[m]
     gt = np.zeros((3, 9, 9, 3), np.uint8) + np.arange(3, dtype=np.uint8)[:, None, None, None] * 40
     table = evaluate_reconstructions(gt, gt, "m", 1, "averaged", nets)
     row = table.set_index("metric").loc["AlexNet(2)"]
-    assert np.isnan(row.value) and str(missing) in row.note
+    assert np.isnan(row.value) and "'alexnet' is not set" in row.note
     assert "CLIP" in table.metric.values and "demo-CLIP" not in table.metric.values  # nothing swapped in
     # the demo CLIP is requested but no foundation given: unavailable, naming notebook 02
     nets = load_metric_networks(load_config(EvaluationConfig, "smoke"))

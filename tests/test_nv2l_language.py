@@ -250,6 +250,19 @@ def test_caption_metrics_rank_matching_captions_higher():
         caption_scores([[]], ["x"], meteor=False, tokenizer="simple")
 
 
+def test_without_java_meteor_and_the_ptb_tokenizer_are_errors_not_silent_switches(monkeypatch):
+    from neurorecon.errors import MissingDependencyError
+    from neurorecon.nv2l import captions
+
+    monkeypatch.setattr(captions.shutil, "which", lambda name: None)
+    with pytest.raises(MissingDependencyError, match=r"METEOR.*needs a Java runtime.*meteor / caption_meteor: false"):
+        captions.CaptionScorer(meteor=True, tokenizer="simple")
+    with pytest.raises(MissingDependencyError, match=r"PTB tokenizer.*needs a Java runtime.*caption_tokenizer: simple"):
+        captions.CaptionScorer(meteor=False, tokenizer="ptb")
+    with captions.CaptionScorer(meteor=False, tokenizer="simple") as sc:  # asked for explicitly: no Java needed
+        assert sc.tokenizer == "simple" and not sc.meteor
+
+
 def test_caption_metrics_with_the_java_ptb_tokenizer():
     # METEOR's JVM takes 10-50 s to start, so it runs in the demo notebook rather than here
     from neurorecon.nv2l.captions import java_available

@@ -229,14 +229,20 @@ def _write_images(layout, ids, out, image_size, progress):
 
 
 def _coco_index(layout, splits):
+    """Captions, instances, image records and category names of the COCO splits NSD's images come from.
+
+    Raises
+    ------
+    DataError
+        A split's captions or instances file is missing (named, with the COCO folder it was looked for in).
+    """
     captions, instances, images, cats = {}, {}, {}, {}
-    found = True
     for split in splits:
-        cpath, ipath = layout.captions(split), layout.instances(split)
-        if not (cpath.is_file() and ipath.is_file()):
-            found = False
-            continue
-        for path, kind in ((cpath, "captions"), (ipath, "instances")):
+        for path, kind in ((layout.captions(split), "captions"), (layout.instances(split), "instances")):
+            if not path.is_file():
+                raise DataError(path, f"the COCO {kind} file of split {split} (NSD's captions and object boxes; "
+                                f"set --coco-root / coco_root to the folder holding captions_{split}.json and "
+                                f"instances_{split}.json)", "no such file")
             try:
                 data = json.loads(path.read_text())
                 for im in data["images"]:
@@ -248,7 +254,7 @@ def _coco_index(layout, splits):
                     target.setdefault(ann["image_id"], []).append(ann)
             except (ValueError, KeyError, TypeError) as err:
                 raise DataError(path, f"a COCO {kind} JSON file (images, annotations)", f"{err!r}") from err
-    return captions, instances, images, cats, found
+    return captions, instances, images, cats
 
 
 def _write_annotations(layout, ids, size, out):
@@ -264,7 +270,13 @@ def _write_annotations(layout, ids, size, out):
     if missing.size:
         raise DataError(path, "a row (nsdId) for every image the subjects saw", f"missing ids {missing[:5]}")
     rows = info.loc[ids]
-    captions, instances, images, cats, found = _coco_index(layout, sorted(rows["cocoSplit"].astype(str).unique()))
+    splits = sorted(rows["cocoSplit"].astype(str).unique())
+    captions, instances, images, cats = _coco_index(layout, splits)
+    uncaptioned = sorted({int(c) for c in rows["cocoId"]} - set(captions))
+    if uncaptioned:
+        raise DataError(layout.captions(splits[0]).parent, f"captions for every COCO image the subjects saw "
+                        f"(captions_<split>.json of splits {splits})",
+                        f"none for {len(uncaptioned)} cocoId(s), e.g. {uncaptioned[:5]}")
     ann = {}
     for nsd_id, row in zip(ids, rows.itertuples()):
         coco_id = int(row.cocoId)
@@ -285,7 +297,6 @@ def _write_annotations(layout, ids, size, out):
         ann[str(int(nsd_id))] = dict(coco_id=coco_id, captions=[c["caption"].strip() for c in captions.get(coco_id, [])],
                                      instances=boxes, background=im.get("background"))
     (out / "annotations.json").write_text(json.dumps(ann))
-    return found
 
 
 def prepare(nsd_root, out, subjects=None, coco_root=None, flatmap=None, image_size=None, progress=True):
@@ -347,9 +358,9 @@ def prepare(nsd_root, out, subjects=None, coco_root=None, flatmap=None, image_si
                             f"{leak.size} leaked ids, e.g. {leak[:5]}")
         ids = np.union1d(all_train, all_test)
         size = _write_images(layout, ids, tmp, image_size, progress)
-        coco = _write_annotations(layout, ids, size, tmp)
+        _write_annotations(layout, ids, size, tmp)  # raises on missing COCO files: never empty captions
         meta = dict(format_version=FORMAT_VERSION, subjects=subjects, nsd_root=str(layout.root),
-                    coco_root=str(layout.coco_root), coco_annotations=coco, flatmap=str(fm_path) if fm_path else None,
+                    coco_root=str(layout.coco_root), coco_annotations=True, flatmap=str(fm_path) if fm_path else None,
                     flat_shape=list(fm.shape) if fm else None, image_size=size, n_images=int(len(ids)),
                     n_test_images=int(len(all_test)), common_shape=list(common["shape"]),
                     n_common_voxels=int(len(common["union_ijk"])), seconds=round(time.time() - t0, 2),

@@ -36,16 +36,24 @@ def caption_metrics(references, candidates, scorer=None, meteor=True, tokenizer=
     scores : dict
         Metric → float (NaN when unavailable).
     notes : dict
-        Metric → why it is NaN.
+        Metric → how it was computed (pycocoevalcap and the tokenizer), or why it is NaN.
+
+    Raises
+    ------
+    neurorecon.errors.MissingDependencyError
+        METEOR or the PTB tokenizer asked for without a Java runtime.
     """
     from ..nv2l.captions import UNAVAILABLE, CaptionScorer
 
     if scorer is None:
         with CaptionScorer(meteor=meteor, tokenizer=tokenizer) as sc:
             scores = sc.score(list(references), list(candidates))
+            tokenizer = sc.tokenizer
     else:
         scores = scorer.score(list(references), list(candidates))
-    notes = {m: f"unavailable ({UNAVAILABLE.get(m, 'not computed')})" for m, v in scores.items() if v != v}
+        tokenizer = scorer.tokenizer
+    notes = {m: f"unavailable ({UNAVAILABLE.get(m, 'not computed')})" if v != v
+             else f"pycocoevalcap, {tokenizer} tokenizer" for m, v in scores.items()}
     return scores, notes
 
 

@@ -14,9 +14,10 @@ demo-CLIP      the foundation CLIP    ``fm.image_embeds`` (smoke/demo only)     
 
 Architectures come from torchvision (constructed with ``weights=None``) and open_clip; their weights are read
 from the files named in ``neurorecon/configs/evaluation.yaml`` and nothing is downloaded. A metric whose file is
-not set or does not exist is *unavailable* (:attr:`MetricNetworks.unavailable` holds the message naming what
-was looked for); it is never replaced by another network. A file that exists but does not hold the expected
-weights raises :class:`neurorecon.errors.DataError`.
+not set is *unavailable* (:attr:`MetricNetworks.unavailable` holds the message naming the config key, recorded
+in the stage's ``protocol.json`` and shown by notebook 07); it is never replaced by another network. A file that
+is set but does not exist, or that does not hold the expected weights, raises :class:`neurorecon.errors.DataError`
+(a typo in a path must not turn into a quietly shorter table).
 
 ImageNet-normalised inputs for the torchvision networks; Inception-v3 is built with ``transform_input=True`` as
 torchvision does for its pretrained weights (MindEye's ``inception_v3(weights=DEFAULT)``). The demo CLIP is
@@ -264,7 +265,7 @@ def demo_clip_network(fm, name="demo-CLIP"):
 
 
 def load_metric_networks(cfg, fm=None, only=None):
-    """Every metric network a config names; the ones whose file is absent are listed as unavailable.
+    """Every metric network a config names; the ones whose key is not set are listed as unavailable.
 
     Parameters
     ----------
@@ -277,6 +278,11 @@ def load_metric_networks(cfg, fm=None, only=None):
     Returns
     -------
     MetricNetworks
+
+    Raises
+    ------
+    DataError
+        A configured weight file does not exist (or does not hold the expected weights).
     """
     available, unavailable = [], {}
     for key, (what, _, metrics) in NETWORK_SPECS.items():
@@ -287,7 +293,9 @@ def load_metric_networks(cfg, fm=None, only=None):
             msg = (f"unavailable (looked for {what}: evaluation.yaml key '{key}' is not set for profile "
                    f"{cfg.profile})")
         elif not Path(path).expanduser().is_file():
-            msg = f"unavailable (looked for {Path(path).expanduser()}: no such file)"
+            raise DataError(Path(path).expanduser(), f"{what} (evaluation config key '{key}', profile "
+                            f"{cfg.profile})", "no such file; fix the path or set the key to null to report "
+                            f"{', '.join(metrics)} as unavailable")
         else:
             available.append(build_network(key, Path(path).expanduser(), cfg.device, cfg.clip_model,
                                            cfg.clip_config))

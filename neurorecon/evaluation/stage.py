@@ -387,8 +387,14 @@ def _run(cfg, fm, log):
                 w.add_metric(r.method, r.subject, f"sweep-{r.parameter}={r.setting:g}", r.metric, r.value)
         for k, v in timings.items():
             w.add_metric("timing", "all", "test", f"seconds_{k}", v)
+        unavailable = dict(nets.unavailable)
+        if scorer is not None:  # caption metrics that were not computed, and why (shown by notebook 07)
+            from ..nv2l.captions import UNAVAILABLE
+
+            unavailable.update({m: f"unavailable ({UNAVAILABLE[m]})" for m in ("SPICE", "METEOR")
+                                if m == "SPICE" or not scorer.meteor})
         (w.path / "protocol.json").write_text(json.dumps(dict(
-            protocol_settings(nets.antialias), networks=nets.sources(), unavailable=nets.unavailable,
+            protocol_settings(nets.antialias), networks=nets.sources(), unavailable=unavailable,
             foundation={k: str(v) for k, v in fm.names.items()}, evaluation=ev.to_dict(),
             sampling=dict(scheduler="ddim", steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
                           seed=cfg.seed)), indent=1))

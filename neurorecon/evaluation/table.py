@@ -136,7 +136,7 @@ def evaluate_captions(references, candidates, method, subject, variant="averaged
     """
     scores, notes = caption_metrics(references, candidates, scorer, meteor, tokenizer)
     n = len(candidates)
-    rows = [_row(method, subject, m, scores[m], variant, notes.get(m, f"n={n}, pycocoevalcap"))
+    rows = [_row(method, subject, m, scores[m], variant, notes[m] if scores[m] != scores[m] else f"n={n}, {notes[m]}")
             for m in CAPTION_METRICS]
     if fm is not None and images is not None:
         name = clip_s_name(fm)

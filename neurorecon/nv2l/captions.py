@@ -3,7 +3,9 @@
 ``caption_scores(references, candidates)`` is the one entry point (issue 6 reuses it). Captions are tokenised
 with pycocoevalcap's PTB tokenizer (Java) by default, as in the COCO caption evaluation; ``tokenizer="simple"``
 lowercases and strips punctuation in Python (no JVM, for quick tests). METEOR starts a JVM (about 10-20 s on
-the first call, then fast); it can be switched off, and its value is then NaN. SPICE needs Stanford CoreNLP
+the first call, then fast); it can be switched off by config, and its value is then NaN with that reason in
+:data:`UNAVAILABLE`. Asking for the PTB tokenizer or METEOR without a Java runtime raises
+:class:`~neurorecon.errors.MissingDependencyError` (never a silent switch). SPICE needs Stanford CoreNLP
 jars that pycocoevalcap downloads at first use, which is impossible offline: it is always NaN with a note in
 :data:`UNAVAILABLE`. CIDEr's document frequencies come from the reference set itself (pycocoevalcap's
 default), so scores depend on the set of images scored together.
@@ -17,19 +19,31 @@ import math
 import re
 import shutil
 
-__all__ = ["METRICS", "UNAVAILABLE", "CaptionScorer", "caption_scores", "simple_tokenize", "java_available"]
+from ..errors import MissingDependencyError
+
+__all__ = ["METRICS", "UNAVAILABLE", "CaptionScorer", "caption_scores", "simple_tokenize", "java_available",
+           "require_java"]
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
 #: Why a metric may be NaN.
 UNAVAILABLE = {
     "SPICE": "unavailable offline: pycocoevalcap's SPICE downloads Stanford CoreNLP 3.6.0 at first use",
-    "METEOR": "switched off by config (meteor: false) or no Java runtime (pycocoevalcap's METEOR runs a JVM)",
+    "METEOR": "switched off by config (meteor: false / caption_meteor: false)",
 }
 
 
 def java_available():
     """True if a ``java`` executable is on PATH (PTB tokenizer and METEOR need it)."""
     return shutil.which("java") is not None
+
+
+def require_java(what):
+    """Raise :class:`~neurorecon.errors.MissingDependencyError` naming ``what`` when no ``java`` is on PATH."""
+    if not java_available():
+        raise MissingDependencyError(
+            f"{what} needs a Java runtime and no 'java' is on PATH: install one (Debian: apt-get install "
+            "default-jre-headless; conda: openjdk, as in environment.yml), or switch it off in the config "
+            "(METEOR: meteor / caption_meteor: false, recorded as unavailable; tokenizer: caption_tokenizer: simple)")
 
 
 def simple_tokenize(text):
@@ -57,16 +71,25 @@ class CaptionScorer:
     Parameters
     ----------
     meteor : bool
-        Compute METEOR (starts a JVM on first use); NaN otherwise.
+        Compute METEOR (starts a JVM on first use); NaN otherwise (:data:`UNAVAILABLE` says why).
     tokenizer : {"ptb", "simple"}
-        ``ptb`` (Java, the COCO standard) or ``simple`` (Python); ``ptb`` falls back to ``simple`` without Java.
+        ``ptb`` (Java, the COCO standard) or ``simple`` (Python).
+
+    Raises
+    ------
+    MissingDependencyError
+        ``meteor`` or ``tokenizer="ptb"`` without a Java runtime.
     """
 
     def __init__(self, meteor=True, tokenizer="ptb"):
         if tokenizer not in ("ptb", "simple"):
             raise ValueError(f"tokenizer {tokenizer!r}: expected 'ptb' or 'simple'")
-        self.meteor = bool(meteor) and java_available()
-        self.tokenizer = tokenizer if (tokenizer == "simple" or java_available()) else "simple"
+        if meteor:
+            require_java("METEOR (pycocoevalcap)")
+        if tokenizer == "ptb":
+            require_java("the PTB tokenizer (pycocoevalcap, caption_tokenizer: ptb)")
+        self.meteor = bool(meteor)
+        self.tokenizer = tokenizer
         self._meteor = None
 
     def __enter__(self):

@@ -107,7 +107,8 @@ def test_sweep_settings_per_method():
     cfg = load_config(ReconstructionConfig, "smoke", overrides=dict(
         betas=[0.6, 1.0], samplers=["ddim:50", "dpm++:20"], guidance_scales=[1.0], control_scales=[0.5]))
     nv2l = sweep_settings(cfg, "nv2l")
-    assert nv2l == [("beta", 0.6, {"beta": 0.6}), ("beta", 1.0, {"beta": 1.0}),
+    assert nv2l == [("beta", 0.6, {"beta": 0.6}), ("beta", 0.93, {"beta": 0.93}),  # the configured nv2l_beta
+                    ("beta", 1.0, {"beta": 1.0}),
                     ("ddim steps", 50.0, {"scheduler": "ddim", "steps": 50}),
                     ("dpm++ steps", 20.0, {"scheduler": "dpm++", "steps": 20})]
     assert [p for p, _, _ in sweep_settings(cfg, "neuropictor")] == ["control_scale", "guidance_scale",
@@ -129,11 +130,17 @@ def test_ordering_checks():
                  dict(method=method, subject="1", variant="averaged", metric="PixCorr", value=pix)]
     sweeps = pd.DataFrame([dict(method="NV2L", subject="1", parameter="beta", setting=b, metric="PixCorr", value=v)
                            for b, v in ((0.6, .25), (0.93, .2), (1.0, .1))])
-    c = ordering_checks(pd.DataFrame(rows), sweeps).set_index(["claim", "metric"]).holds
+    table = ordering_checks(pd.DataFrame(rows), sweeps, beta=0.93).set_index(["claim", "metric"])
+    c = table.holds
     assert c["refined > multi-subject only", "demo-CLIP"] and not c["refined > multi-subject only", "PixCorr"]
     assert c["multi-subject only > shuffled", "PixCorr"]
     assert c["NeuroPictor > ridge", "demo-CLIP"] and not c["NV2L > ridge", "demo-CLIP"]
-    assert c["NV2L: beta = 1 (no VAE path) lowers PixCorr", "PixCorr"]
+    beta = table.loc["NV2L: beta = 1 (no VAE path) lowers PixCorr vs the configured beta", "PixCorr"]
+    assert beta.holds and (beta.a, beta.b) == (.1, .2)  # against the configured 0.93, not the best swept (0.6: .25)
+    with pytest.raises(ValueError, match="not among the swept betas"):
+        ordering_checks(pd.DataFrame(rows), sweeps, beta=0.8)
+    with pytest.raises(ValueError, match="pass beta="):
+        ordering_checks(pd.DataFrame(rows), sweeps)
 
 
 def test_beta_start_latent():

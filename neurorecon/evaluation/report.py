@@ -57,13 +57,19 @@ def _better(metric, a, b):
     return bool(a < b) if metric in LOWER_IS_BETTER else bool(a > b)
 
 
-def ordering_checks(results, sweeps=None, variant="averaged"):
+def ordering_checks(results, sweeps=None, variant="averaged", beta=None):
     """The papers' orderings on this profile's numbers, one row per (claim, metric, subject): the two values
     compared and whether the claim holds.
 
     Claims: refined NeuroPictor > multi-subject-only > its shuffled control (every image metric); NeuroPictor and
     NV2L > the ridge baseline on two-way identification (the CLIP-space one); removing NV2L's VAE path (β = 1)
-    lowers PixCorr against the configured β.
+    lowers PixCorr against the configured β (``beta``: the stage's ``nv2l_beta``, which its β sweep always
+    includes; not the best swept β, which would favour the claim).
+
+    Raises
+    ------
+    ValueError
+        The sweeps hold NV2L's β sweep and ``beta`` is missing or not among its settings.
     """
     rows = []
     df = results[(results.variant == variant) & results.metric.isin(IMAGE_METRICS) & results.value.notna()]
@@ -85,10 +91,14 @@ def ordering_checks(results, sweeps=None, variant="averaged"):
     if sweeps is not None and len(sweeps):
         s = sweeps[(sweeps.method == nv) & (sweeps.parameter == "beta") & (sweeps.metric == "PixCorr")]
         s = s.set_index("setting").value
-        if 1.0 in s.index and len(s) > 1:
-            best = s.drop(1.0).max()
-            rows.append(dict(claim="NV2L: beta = 1 (no VAE path) lowers PixCorr", metric="PixCorr",
-                             subject=sweeps.subject.iloc[0], a=s[1.0], b=best, holds=bool(s[1.0] < best)))
+        if len(s) and beta is None:
+            raise ValueError("ordering_checks: the sweeps hold NV2L's beta sweep; pass beta= the stage's nv2l_beta")
+        if len(s) and float(beta) not in s.index:
+            raise ValueError(f"the configured NV2L beta {beta} is not among the swept betas {sorted(s.index)}")
+        if 1.0 in s.index and len(s) and float(beta) != 1.0:
+            rows.append(dict(claim="NV2L: beta = 1 (no VAE path) lowers PixCorr vs the configured beta",
+                             metric="PixCorr", subject=sweeps.subject.iloc[0], a=s[1.0], b=s[float(beta)],
+                             holds=bool(s[1.0] < s[float(beta)])))
     out = pd.DataFrame(rows, columns=["claim", "metric", "subject", "a", "b", "holds"])
     out["a"], out["b"] = out.a.astype(float), out.b.astype(float)
     return out.assign(holds=out.holds.astype(bool)) if len(out) else out

@@ -401,10 +401,14 @@ def _run(cfg, fm, log):
 
 
 def sweep_settings(cfg, key):
-    """(parameter, setting, keyword arguments of the method call) of every sweep of method ``key``."""
+    """(parameter, setting, keyword arguments of the method call) of every sweep of method ``key`` (NV2L's β sweep
+    always includes the configured ``nv2l_beta``)."""
     out = []
     for param in SWEEPS.get(key, ()):
-        for value in getattr(cfg, _SWEEP_LISTS[param]):
+        values = list(getattr(cfg, _SWEEP_LISTS[param]))
+        if param == "beta" and float(cfg.nv2l_beta) not in map(float, values):  # the β = 1 check compares with it
+            values = sorted(values + [cfg.nv2l_beta])
+        for value in values:
             if param == "sampler":
                 name, _, steps = str(value).partition(":")
                 if name not in ("ddim", "dpm++") or not steps.isdigit():

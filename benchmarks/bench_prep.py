@@ -47,7 +47,11 @@ def write_bench_tree(root, shape=(81, 104, 83), trials=250, sessions=2, n_shared
     pd.DataFrame(dict(nsdId=np.arange(3 * n_img), cocoId=np.arange(3 * n_img), cocoSplit="train2017",
                       cropBox="(0, 0, 0, 0)")).to_csv(d / "nsd_stim_info_merged.csv")
     st = root / "nsddata_stimuli/stimuli/nsd"
-    st.mkdir(parents=True)
+    (st / "annotations").mkdir(parents=True)
+    coco_images = [dict(id=i, width=32, height=32) for i in range(3 * n_img)]  # prepare requires COCO captions
+    (st / "annotations/captions_train2017.json").write_text(json.dumps(dict(
+        images=coco_images, annotations=[dict(id=i, image_id=i, caption=f"image {i}") for i in range(3 * n_img)])))
+    (st / "annotations/instances_train2017.json").write_text(json.dumps(dict(images=coco_images, annotations=[])))
     with h5py.File(st / "nsd_stimuli.hdf5", "w") as f:
         f.create_dataset("imgBrick", data=rng.integers(0, 255, (3 * n_img, 32, 32, 3), dtype=np.uint8))
     func = root / "nsddata/ppdata/subj01/func1pt8mm/roi"

@@ -30,6 +30,48 @@ def test_registered_in_make_bench():
     import run
 
     assert {"bench_loading", "bench_train", "bench_sampling"} <= set(run.SUITES)
+    assert set(run.SUITES) == {p.stem for p in run.HERE.glob("bench_*.py")}
+
+
+def test_committed_results_are_one_whole_run_in_the_written_format():
+    """benchmarks/results.csv comes from one `make bench`: every row in run.py's format, every suite there, one
+    date and machine (a hand-edited, spliced or older-format row fails here)."""
+    import run
+
+    rows = run.read_results()
+    assert rows, "benchmarks/results.csv is empty"
+    for n, row in enumerate(rows, 2):
+        try:
+            run.check_row(row)
+        except ValueError as err:
+            raise AssertionError(f"benchmarks/results.csv line {n}: {err}") from None
+    assert {r["suite"] for r in rows} == set(run.SUITES)
+    assert len({(r["date"], r["machine"]) for r in rows}) == 1
+    assert len({r["figure"] for r in rows}) == len(rows), "a figure appears twice"
+
+
+def test_check_row_rejects_other_formats():
+    import run
+
+    good = dict(date="2026-12-01", machine="x86_64, 2 cores, Python 3.11.7", load="1.50", suite="bench_eval",
+                figure="eval: x", value="0.5", unit="s", note="n", command=".venv/bin/python benchmarks/run.py bench_eval")
+    run.check_row(good)
+    for bad in (dict(good, suite="bench_prep"), dict(good, value="nan"), dict(good, unit="ms"),
+                dict(good, command=".venv/bin/python benchmarks/run.py bench_prep"), dict(good, machine="my laptop"),
+                {k: v for k, v in good.items() if k != "load"}):
+        with pytest.raises(ValueError):
+            run.check_row(bad)
+
+
+def test_a_partial_run_leaves_results_csv_alone(monkeypatch, capsys):
+    import run
+
+    before = run.RESULTS.read_bytes()
+    monkeypatch.setitem(sys.modules, "bench_eval", type(sys)("bench_eval"))
+    sys.modules["bench_eval"].run = lambda: [dict(figure="eval: fake", value=1.0, unit="s", note="fake")]
+    rows = run.main(["bench_eval"])
+    assert [r["figure"] for r in rows] == ["eval: fake"] and run.RESULTS.read_bytes() == before
+    assert "left as it is" in capsys.readouterr().out
 
 
 def test_bench_loading_tiny():

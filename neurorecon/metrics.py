@@ -1,5 +1,5 @@
 """Small reusable evaluation metrics (the MindEye protocol's building blocks; see
-``/work/shared/reference/metrics.md``). The full evaluation harness builds on these."""
+``docs/evaluation_protocol.md``). The full evaluation harness builds on these."""
 
 import numpy as np
 import torch

@@ -38,3 +38,18 @@ def test_readme_leads_with_the_two_commands_and_ci_calls_make_test():
 
 def test_gitignore_keeps_home_out_of_git():
     assert "neurorecon_home/" in (ROOT / ".gitignore").read_text().split()
+
+
+def test_docs_live_in_the_repository():
+    """Nothing points at notes outside the repository; every ``docs/<name>.md`` the code names exists."""
+    files = [p for p in ROOT.rglob("*") if p.is_file() and p.suffix in {".py", ".md", ".yaml", ".yml", ".ipynb"}
+             and not {".git", ".venv", "neurorecon_home"} & set(p.relative_to(ROOT).parts)
+             and not p.relative_to(ROOT).parts[0].startswith(".venv") and p != Path(__file__).resolve()]
+    named = set()
+    for p in files:
+        text = p.read_text(errors="replace")
+        rel = p.relative_to(ROOT)
+        assert not re.search(r"shared/reference|\.\./shared/|evaluation/README", text), f"{rel} points outside"
+        named |= set(re.findall(r"docs/([\w-]+\.md)", text))
+    assert named and all((ROOT / "docs" / n).is_file() for n in named), sorted(n for n in named
+                                                                               if not (ROOT / "docs" / n).is_file())

@@ -1,4 +1,4 @@
-"""Paths of the raw NSD files, relative to an NSD root (see ``shared/reference/nsd_format.md``)."""
+"""Paths of the raw NSD files, relative to an NSD root (see ``docs/nsd_files.md``)."""
 
 import re
 from pathlib import Path

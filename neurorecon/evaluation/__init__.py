@@ -1,5 +1,5 @@
 """The one evaluation harness of every reconstruction method: the MindEye protocol
-(``/work/shared/reference/metrics.md``) on NSD-mini and on real NSD.
+(``docs/evaluation_protocol.md``) on NSD-mini and on real NSD.
 
 - :mod:`.images`: float images in [0, 1], bilinear tensor resizes (antialias recorded: :data:`ANTIALIAS`);
 - :mod:`.lowlevel`: PixCorr, SSIM, two-way identification (the shared :mod:`neurorecon.metrics`), correlation

@@ -1,4 +1,4 @@
-"""Low-level and feature-space scores of the MindEye protocol (``/work/shared/reference/metrics.md``).
+"""Low-level and feature-space scores of the MindEye protocol (``docs/evaluation_protocol.md``).
 
 - :func:`pixcorr`: resize both sides to 425 px, flatten RGB, Pearson r per (ground truth, reconstruction) pair,
   mean (MindEye: ``np.corrcoef`` per pair);

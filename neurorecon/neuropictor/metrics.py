@@ -1,4 +1,4 @@
-"""Reconstruction metrics NeuroPictor's stages report (MindEye protocol, see reference/metrics.md), built on the
+"""Reconstruction metrics NeuroPictor's stages report (MindEye protocol, see docs/evaluation_protocol.md), built on the
 shared :mod:`neurorecon.metrics`."""
 
 import torch

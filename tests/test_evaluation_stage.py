@@ -12,7 +12,7 @@ from neurorecon.artifacts import is_complete, read_marker, read_metrics, stale_u
 from neurorecon.config import load_config
 from neurorecon.errors import MissingStageError
 from neurorecon.evaluation import load_reconstructions
-from neurorecon.evaluation.figures import PUBLISHED, FiguresConfig, run_figures_stage
+from neurorecon.evaluation.figures import PUBLISHED, PUBLISHED_SOURCES, FiguresConfig, run_figures_stage
 from neurorecon.errors import ConfigError
 from neurorecon.evaluation.stage import (ReconstructionConfig, derangement, eval_inputs, load_results,
                                          run_reconstruction_stage, sweep_settings)
@@ -159,3 +159,14 @@ def test_beta_start_latent():
     torch.testing.assert_close(seen[0], init)
     with pytest.raises(ValueError, match="beta"):
         fm.sample(ctx, init_latents=init, beta=1.5, **kw)
+
+
+def test_every_published_row_has_a_source_and_the_paper_table_lists_them():
+    from neurorecon.evaluation.figures import _markdown, paper_table
+
+    assert set(PUBLISHED_SOURCES) == set(PUBLISHED.index) and all(PUBLISHED_SOURCES.values())
+    assert {"MindEye2 (refined)", "MindEye2 (unrefined)", "UMBRAE", "MindTuner"} <= set(PUBLISHED.index)
+    assert PUBLISHED.loc["MindEye2 (unrefined)", "Alex(5)"] == 99.0
+    rows = [dict(method="NV2L", subject="1", variant="averaged", metric="PixCorr", value=.3)]
+    md = _markdown(paper_table(pd.DataFrame(rows)))
+    assert "Sources of the published rows:" in md and f"- MindTuner: {PUBLISHED_SOURCES['MindTuner']}" in md

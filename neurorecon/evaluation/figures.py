@@ -35,7 +35,7 @@ from .io import load_reconstructions
 from .stage import METHOD_LABELS, SHUFFLED, load_results
 from .table import LOWER_IS_BETTER
 
-__all__ = ["FiguresConfig", "PUBLISHED", "PAPER_COLUMNS", "IMAGE_METRICS", "CAPTION_METRICS_SHOWN",
+__all__ = ["FiguresConfig", "PUBLISHED", "PUBLISHED_SOURCES", "PAPER_COLUMNS", "IMAGE_METRICS", "CAPTION_METRICS_SHOWN",
            "run_figures_stage", "paper_table", "plot_reconstructions", "plot_metric_bars", "plot_sweeps",
            "plot_sweep_images", "plot_subject_bars", "sampler_table", "latex_table", "plot_retrieval", "plot_captions", "savefig"]
 
@@ -48,14 +48,44 @@ CAPTION_METRICS_SHOWN = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPIC
 _PERCENT = ("AlexNet(2)", "AlexNet(5)", "Inception", "CLIP", "demo-CLIP")
 _CHANCE = {"AlexNet(2)": 0.5, "AlexNet(5)": 0.5, "Inception": 0.5, "CLIP": 0.5, "demo-CLIP": 0.5, "PixCorr": 0.0}
 
-#: Published numbers on real NSD (4-subject means, 982 test images unless noted; /work/shared/reference/metrics.md).
+#: Published image-reconstruction numbers on real NSD: means of subjects 1, 2, 5, 7 on the shared test images
+#: (982 in the 37-session release; MindEye2 used 1000), two-way identification in %. Each row's source, a paper
+#: table, is in :data:`PUBLISHED_SOURCES`; protocol: docs/evaluation_protocol.md.
 PUBLISHED = pd.DataFrame(
     [("Brain-Diffuser", .254, .356, 94.2, 96.2, 87.2, 91.5, .775, .423),
      ("MindEye1", .309, .323, 94.7, 97.8, 93.8, 94.1, .645, .367),
      ("NeuroPictor", .229, .375, 96.5, 98.4, 94.5, 93.3, .639, .350),
+     ("NeuroPictor (multi-subject only)", .141, .349, 91.4, 95.7, 88.3, 88.9, .722, .417),
      ("NV2L", .265, .357, 93.1, 97.1, 96.8, 97.5, .633, .321),
-     ("MindEye2 (1000 images)", .322, .431, 96.1, 98.6, 95.4, 93.0, .619, .344)],
+     ("NV2L (single trial)", .257, .336, 91.2, 96.3, 94.6, 95.3, .671, .324),
+     ("MindBridge", .151, .263, 87.7, 95.5, 92.4, 94.7, .712, .418),
+     ("UMBRAE", .283, .328, 93.9, 96.7, 93.4, 94.1, .700, .393),
+     ("MindEye2 (refined)", .322, .431, 96.1, 98.6, 95.4, 93.0, .619, .344),
+     ("MindEye2 (unrefined)", .278, .328, 95.2, 99.0, 96.4, 94.5, .622, .343),
+     ("MindEye2 (1 hour of data)", .195, .419, 84.2, 90.6, 81.2, 79.2, .810, .468),
+     ("MindTuner", .322, .421, 95.8, 98.8, 95.6, 93.8, .612, .340),
+     ("Brain-IT", .386, .486, 98.4, 99.5, 97.3, 96.4, .564, .320)],
     columns=["method"] + list(PAPER_COLUMNS.values())).set_index("method")
+#: Where each :data:`PUBLISHED` row comes from (the paper table; "unverified" where only a third-party summary of
+#: the paper was at hand when the row was added, 2026-12-01).
+PUBLISHED_SOURCES = {
+    "Brain-Diffuser": "Ozcelik & VanRullen, Sci. Rep. 2023, as tabulated in MindEye1 (Scotti et al., NeurIPS 2023) "
+                      "Tab. 1",
+    "MindEye1": "Scotti et al., NeurIPS 2023 (arXiv 2305.18274), Tab. 1",
+    "NeuroPictor": "Huo et al. 2024 (arXiv 2403.18211), main results table",
+    "NeuroPictor (multi-subject only)": "Huo et al. 2024 (arXiv 2403.18211), results of multi-subject pretraining "
+                                        "alone (before single-subject refinement)",
+    "NV2L": "Shen et al., NeurIPS 2024 (arXiv 2404.19438), Tab. 2",
+    "NV2L (single trial)": "Shen et al., NeurIPS 2024 (arXiv 2404.19438), Tab. 2",
+    "MindBridge": "Wang et al., CVPR 2024, as tabulated in NV2L Tab. 2",
+    "UMBRAE": "Xia et al. 2024 (arXiv 2404.07202), as tabulated in NV2L Tab. 2 (ZEBRA, NeurIPS 2025, Tab. 1 lists "
+              "SSIM .341, Alex(2) 95.5, Alex(5) 97.0, Incep 91.7, CLIP 93.5 for it)",
+    "MindEye2 (refined)": "Scotti et al., ICML 2024 (arXiv 2403.11207v2), Tab. 1, 40 sessions, refined with SDXL",
+    "MindEye2 (unrefined)": "Scotti et al., ICML 2024 (arXiv 2403.11207v2), Tab. 1, 40 sessions, before refinement",
+    "MindEye2 (1 hour of data)": "Scotti et al., ICML 2024 (arXiv 2403.11207v2), Tab. 1, 1 session per subject",
+    "MindTuner": "Gong et al. 2024 (arXiv 2404.12630), 40 hours, as tabulated in ZEBRA (NeurIPS 2025) Tab. 1",
+    "Brain-IT": "Beliy et al., ICLR 2026 (arXiv 2510.25976): unverified, from a third-party summary of its table",
+}
 
 
 @dataclasses.dataclass
@@ -312,7 +342,8 @@ def _markdown(table):
     for name, row in table.iterrows():
         cells = ["–" if not np.isfinite(v) else (f"{v:.1f}" if abs(v) >= 2 else f"{v:.3f}") for v in row.values]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    sources = [f"- {m}: {PUBLISHED_SOURCES[m]}" for m in PUBLISHED.index if f"{m} (published, real NSD)" in table.index]
+    return "\n".join(lines + (["", "Sources of the published rows:"] + sources if sources else [])) + "\n"
 
 
 def _load_images(folder, key, subject, variant):

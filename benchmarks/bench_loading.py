@@ -13,7 +13,10 @@ temporary folder, then measures side by side in one run, both from the page cach
   ``.npy`` per trial.
 
 Batches are drawn as :func:`neurorecon.training.fit` draws them (:func:`neurorecon.training.epoch_order`, one
-epoch of ``batch_size`` batches); the two layouts alternate A B A B and each keeps its best epoch.
+epoch of ``batch_size`` batches); the two layouts alternate A B A B and each keeps its best epoch. torch runs on
+one thread, as the training stages do (``num_threads: 1`` in their configs): on a loaded 2-core machine torch's
+default intra-op threads made the store's gathers 30-300x slower (measured 2026-12-01: flat maps 2.5x,
+betas 0.43x the per-trial files with the default threads; 47x and 74x with one).
 """
 
 import dataclasses
@@ -92,11 +95,14 @@ def _compare(store_source, file_source, batch_size, repeats, seed):
     return n / min(ts), n / min(tf)
 
 
-def run(subjects=(1, 2), profile="demo", batch_size=64, repeats=5, seed=0, overrides=None):
+def run(subjects=(1, 2), profile="demo", batch_size=64, repeats=5, seed=0, overrides=None, threads=1):
     """Run the benchmark and return a list of result dicts (figure, value, unit, note).
 
-    ``overrides`` are :class:`neurorecon.simulate.SimConfig` fields (tests make the data tiny with them).
+    ``overrides`` are :class:`neurorecon.simulate.SimConfig` fields (tests make the data tiny with them);
+    ``threads``: torch threads (None: torch's default).
     """
+    if threads:
+        torch.set_num_threads(threads)
     tmp = Path(tempfile.mkdtemp(prefix="neurorecon-bench-"))
     try:
         t0 = time.perf_counter()
@@ -115,7 +121,7 @@ def run(subjects=(1, 2), profile="demo", batch_size=64, repeats=5, seed=0, overr
             note=f"{len(files)} maps {h}x{w} float16 ({len(subjects)} subjects' training trials + resting maps), "
                  f"random batches of {batch_size} → float32: store (StackedMaps, memory-mapped) {store_rate:,.0f} "
                  f"samples/s, per-trial np.load {file_rate:,.0f} samples/s; best epoch of {repeats}; "
-                 f"data built in {build:.0f} s; goal ≥ 20"))
+                 f"data built in {build:.0f} s; {torch.get_num_threads()} thread(s); goal ≥ 20"))
 
         s = subjects[0]  # betas of one subject (voxel counts differ between subjects; one is representative)
         sub = store.subject(s)
@@ -127,7 +133,7 @@ def run(subjects=(1, 2), profile="demo", batch_size=64, repeats=5, seed=0, overr
             value=store_rate / file_rate, unit="ratio",
             note=f"{len(files)} trials × {sub.train_betas.shape[1]} voxels float32, random batches of {batch_size}: "
                  f"store (ArrayBatches, memory-mapped) {store_rate:,.0f} samples/s, per-trial np.load "
-                 f"{file_rate:,.0f} samples/s; best epoch of {repeats}; goal ≥ 20"))
+                 f"{file_rate:,.0f} samples/s; best epoch of {repeats}; {torch.get_num_threads()} thread(s); goal ≥ 20"))
         return rows
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -4,7 +4,7 @@
 import numpy as np
 import torch
 
-__all__ = ["two_way_identification", "retrieval_top1", "pearson_matrix", "pixcorr", "derangement"]
+__all__ = ["two_way_identification", "retrieval_top1", "pearson_matrix", "paired_pearson", "derangement"]
 
 
 def _as_2d(x):
@@ -55,9 +55,11 @@ def retrieval_top1(a, b):
     return float((s.argmax(1) == idx).mean()), float((s.argmax(0) == idx).mean())
 
 
-def pixcorr(gt, rec):
-    """PixCorr: mean over pairs of the Pearson r between flattened ground truth ``gt_i`` and reconstruction
-    ``rec_i`` (n, ...). Resize both to the protocol's size (425 px) beforehand."""
+def paired_pearson(gt, rec):
+    """Mean over pairs of the Pearson r between flattened ``gt_i`` and ``rec_i`` (n, ...), nothing resized.
+
+    The core of PixCorr (:func:`neurorecon.evaluation.lowlevel.pixcorr`, which first resizes both sides to the
+    protocol's 425 px: call that one for PixCorr) and of the correlation distance of EffNet-B and SwAV."""
     a, b = _as_2d(gt), _as_2d(rec)
     a = a - a.mean(1, keepdims=True)
     b = b - b.mean(1, keepdims=True)

@@ -153,3 +153,20 @@ def test_retrieval_with_fewer_samples_uses_all_and_says_so():
     assert "fewer than 300" in res.note and "all 50" in res.note
     chance = mindeye_retrieval(rng.normal(size=(50, 8)), e)
     assert chance.forward < 0.2 and chance.backward < 0.2
+
+
+def test_the_vae_checks_rgb_ssim_is_the_protocol_function_at_native_size():
+    import torch
+
+    from neurorecon.evaluation.lowlevel import ssim as protocol_ssim
+    from neurorecon.foundation.evaluate import ssim as vae_ssim
+
+    rng = np.random.default_rng(4)
+    a = torch.from_numpy(rng.random((3, 3, 24, 24))).float()
+    b = (a + 0.1 * torch.from_numpy(rng.standard_normal((3, 3, 24, 24))).float()).clamp(0, 1)
+    expected = np.mean([structural_similarity(x, y, channel_axis=-1, data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                              use_sample_covariance=False)
+                        for x, y in zip(a.permute(0, 2, 3, 1).double().numpy(), b.permute(0, 2, 3, 1).double().numpy())])
+    assert vae_ssim(a, b) == pytest.approx(expected, abs=1e-9)
+    assert protocol_ssim(b, a, size=None, grey=False) == pytest.approx(expected, abs=1e-9)
+    assert protocol_ssim(b, a) != pytest.approx(expected, abs=1e-3)  # the protocol's: grey at 425 px

@@ -4,15 +4,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from ..plotting import savefig
 from .reliability import split_half_reliability
 
 __all__ = ["plot_stimuli", "plot_flatmaps", "plot_volume_slices", "plot_counts", "plot_reliability", "savefig"]
-
-
-def savefig(fig, path):
-    """Save a figure as PNG (and return the path)."""
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
 
 
 def plot_stimuli(store, ids, ncols=4):

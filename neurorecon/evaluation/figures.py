@@ -31,6 +31,7 @@ import pandas as pd
 from .. import paths
 from ..artifacts import StageWriter, is_complete
 from ..config import StageConfig
+from ..plotting import savefig
 from .io import load_reconstructions
 from .stage import METHOD_LABELS, SHUFFLED, load_results
 from .table import LOWER_IS_BETTER
@@ -99,16 +100,6 @@ class FiguresConfig(StageConfig):
     n_show: int = 8
     variant: str = "averaged"
     dpi: int = 120
-
-
-def savefig(fig, path, dpi=120, pdf=True):
-    """Save a figure as PNG (and a PDF beside it), close it, return the PNG's path."""
-    path = Path(path)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    if pdf:
-        fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight")
-    plt.close(fig)
-    return path
 
 
 def _img(x):
@@ -368,7 +359,7 @@ def run_figures_stage(cfg, force=False, log=print):
     written = {}
 
     def save(fig, name):
-        written[name] = str(savefig(fig, fig_dir / f"08_{name}.png", cfg.dpi))
+        written[name] = str(savefig(fig, fig_dir / f"08_{name}.png", dpi=cfg.dpi, pdf=True, close=True))
 
     keys = [k for k in METHOD_LABELS if _load_images(src, k, subject, cfg.variant) is not None]
     if keys:

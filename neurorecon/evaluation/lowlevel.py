@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .. import metrics as _shared
-from .images import ANTIALIAS, protocol_resize
+from .images import ANTIALIAS, as_float_images, protocol_resize
 
 __all__ = ["PIX_SIZE", "pixcorr", "ssim", "two_way_identification", "correlation_distance"]
 
@@ -58,14 +58,18 @@ def pixcorr(gt, rec, size=PIX_SIZE, antialias=ANTIALIAS, chunk=64):
     for i in range(0, len(gt), chunk):
         g = protocol_resize(gt[i:i + chunk], size, antialias)
         r = protocol_resize(rec[i:i + chunk], size, antialias)
-        total += _shared.pixcorr(g, r) * len(g)  # the shared per-pair Pearson mean, weighted back to a sum
+        total += _shared.paired_pearson(g, r) * len(g)  # the per-pair Pearson mean, weighted back to a sum
     return float(total / len(gt))
 
 
-def ssim(gt, rec, size=PIX_SIZE, antialias=ANTIALIAS, chunk=64):
-    """SSIM of the grey-scale resized images (skimage, Gaussian weights σ = 1.5, population covariance), mean.
+def ssim(gt, rec, size=PIX_SIZE, antialias=ANTIALIAS, chunk=64, grey=True):
+    """SSIM (skimage, Gaussian weights σ = 1.5, population covariance, data range 1) per pair, mean.
 
-    Parameters are those of :func:`pixcorr`.
+    The protocol's SSIM (the defaults) is that of the grey-scale images resized to 425 px. ``size=None`` scores
+    the images at their own size and ``grey=False`` on the RGB channels: the foundation stage's VAE check
+    (:func:`neurorecon.foundation.evaluate.vae_quality`) uses both, so its SSIM is not the protocol's.
+
+    Parameters are those of :func:`pixcorr`, plus ``grey`` (``skimage.color.rgb2gray`` first).
     """
     from skimage.color import rgb2gray
     from skimage.metrics import structural_similarity
@@ -73,11 +77,13 @@ def ssim(gt, rec, size=PIX_SIZE, antialias=ANTIALIAS, chunk=64):
     _check_pairs(gt, rec)
     scores = []
     for i in range(0, len(gt), chunk):
-        g = rgb2gray(protocol_resize(gt[i:i + chunk], size, antialias).permute(0, 2, 3, 1).numpy())
-        r = rgb2gray(protocol_resize(rec[i:i + chunk], size, antialias).permute(0, 2, 3, 1).numpy())
+        g, r = (protocol_resize(x[i:i + chunk], size, antialias) if size else as_float_images(x[i:i + chunk])
+                for x in (gt, rec))
+        g, r = (x.permute(0, 2, 3, 1).numpy() for x in (g, r))
+        g, r = (rgb2gray(g), rgb2gray(r)) if grey else (g.astype(np.float64), r.astype(np.float64))
         for a, b in zip(g, r):
-            scores.append(structural_similarity(b, a, gaussian_weights=True, sigma=1.5,
-                                                use_sample_covariance=False, data_range=1.0))
+            scores.append(structural_similarity(b, a, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                                data_range=1.0, channel_axis=None if grey else -1))
     return float(np.mean(scores))
 
 
@@ -94,5 +100,5 @@ def correlation_distance(gt_feats, rec_feats):
     if isinstance(rec_feats, torch.Tensor):
         rec_feats = rec_feats.detach().cpu()
     _check_pairs(gt_feats, rec_feats)
-    # mean(1 - r_i) = 1 - mean(r_i); the shared per-pair Pearson mean (named after PixCorr) computes mean(r_i)
-    return float(1.0 - _shared.pixcorr(gt_feats, rec_feats))
+    # mean(1 - r_i) = 1 - mean(r_i)
+    return float(1.0 - _shared.paired_pearson(gt_feats, rec_feats))

@@ -37,14 +37,12 @@ def psnr(a, b):
 
 
 def ssim(a, b):
-    """Mean SSIM of float (n, 3, H, W) batches in [0, 1] (skimage, Gaussian weights as in the MindEye protocol,
-    on RGB channels; window shrinks to fit small images)."""
-    from skimage.metrics import structural_similarity
+    """Mean SSIM of float (n, 3, H, W) batches in [0, 1] at their own size, on the RGB channels (the VAE check;
+    the protocol's SSIM is grey-scale at 425 px): :func:`neurorecon.evaluation.lowlevel.ssim` with ``size=None,
+    grey=False``."""
+    from ..evaluation.lowlevel import ssim as _ssim
 
-    a = a.permute(0, 2, 3, 1).cpu().double().numpy()
-    b = b.permute(0, 2, 3, 1).cpu().double().numpy()
-    return float(np.mean([structural_similarity(x, y, channel_axis=-1, data_range=1.0, gaussian_weights=True,
-                                                sigma=1.5, use_sample_covariance=False) for x, y in zip(a, b)]))
+    return _ssim(b, a, size=None, grey=False)
 
 
 @torch.no_grad()

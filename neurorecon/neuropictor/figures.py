@@ -6,14 +6,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from ..plotting import savefig
+
 __all__ = ["savefig", "smooth", "plot_losses", "plot_map_reconstructions", "plot_r2", "plot_reconstructions",
            "plot_control_sweep", "sweep_table", "load_losses", "metrics_table"]
-
-
-def savefig(fig, path):
-    """Save a figure as PNG and return the path."""
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
 
 
 def smooth(values, window):

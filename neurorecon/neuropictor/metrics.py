@@ -2,19 +2,11 @@
 shared :mod:`neurorecon.metrics`."""
 
 import torch
-import torch.nn.functional as F
 
-from ..metrics import pixcorr, two_way_identification
+from ..evaluation.lowlevel import pixcorr
+from ..metrics import two_way_identification
 
-__all__ = ["pixcorr_425", "clip_two_way", "image_metrics"]
-
-
-def pixcorr_425(gt, rec, size=425):
-    """PixCorr after the protocol's bilinear resize of both sides to ``size`` px (no antialias)."""
-    def prep(x):
-        return F.interpolate(torch.as_tensor(x).float(), size=(size, size), mode="bilinear", align_corners=False)
-
-    return pixcorr(prep(gt), prep(rec))
+__all__ = ["clip_two_way", "image_metrics"]
 
 
 def clip_two_way(fm, gt_images, rec_images):
@@ -24,7 +16,7 @@ def clip_two_way(fm, gt_images, rec_images):
 
 def image_metrics(fm, gt_images, rec_images):
     """``{"two_way_clip": ..., "pixcorr": ...}`` for float (n, 3, H, W) images in [0, 1] (each side is resized
-    by the metric itself: to the CLIP input, or to 425 px for PixCorr)."""
+    by the metric itself: to the CLIP input, or to 425 px for the protocol's PixCorr)."""
     gt = torch.as_tensor(gt_images).float()
     rec = torch.as_tensor(rec_images).float()
-    return {"two_way_clip": clip_two_way(fm, gt, rec), "pixcorr": pixcorr_425(gt, rec)}
+    return {"two_way_clip": clip_two_way(fm, gt, rec), "pixcorr": pixcorr(gt, rec)}

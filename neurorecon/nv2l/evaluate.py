@@ -6,6 +6,7 @@ import re
 import numpy as np
 import pandas as pd
 
+from ..metrics import derangement  # the shuffled-fMRI control, one implementation for every stage
 from ..simulate.scenes import COLORS, SHAPES
 from .instructions import NUMBER_WORDS, qa_questions
 
@@ -15,15 +16,6 @@ __all__ = ["ANSWER_WORDS", "derangement", "answer_words", "qa_correct", "qa_item
 #: The words that count as an answer, per question type.
 ANSWER_WORDS = {"color": tuple(COLORS), "shape": tuple(sorted(set(SHAPES))),
                 "count": tuple(w for k, w in NUMBER_WORDS.items() if k > 0)}
-
-
-def derangement(n, seed=0):
-    """A random permutation without fixed points (the shuffled-fMRI control: every image gets another's fMRI)."""
-    rng = np.random.default_rng(seed)
-    if n < 2:
-        return np.arange(n)
-    perm = rng.permutation(n)
-    return np.roll(perm, 1)[np.argsort(perm)]
 
 
 def answer_words(qtype, text):

@@ -5,15 +5,10 @@ import textwrap
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ..plotting import savefig
 from .concepts import volume_from_voxels
 
 __all__ = ["savefig", "plot_losses", "plot_captions", "plot_caption_metrics", "plot_qa", "plot_concept_maps"]
-
-
-def savefig(fig, path):
-    """Save a figure as PNG (and return the path)."""
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
 
 
 def plot_losses(losses):

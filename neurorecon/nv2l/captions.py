@@ -28,7 +28,7 @@ METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr",
 #: Why a metric may be NaN.
 UNAVAILABLE = {
     "SPICE": "unavailable offline: pycocoevalcap's SPICE downloads Stanford CoreNLP 3.6.0 at first use",
-    "METEOR": "switched off by config (meteor: false / caption_meteor: false)",
+    "METEOR": "switched off by config: meteor / caption_meteor is false",
 }
 
 

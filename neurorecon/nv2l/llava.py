@@ -12,7 +12,6 @@ Generation is greedy (``lm.generate(inputs_embeds=...)``, left padding).
 
 import contextlib
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,8 @@ import torch
 import torch.nn as nn
 
 from ..devices import torch_dtype
-from ..errors import ConfigError, DataError
-from ..training import ArrayBatches, fit
+from ..errors import DataError
+from .tuning import IGNORE, apply_lora, llava_batches, llava_loss, train_llava_stage
 from .vit3d import ViT3D, mlp_head
 
 __all__ = ["IMAGE_TOKEN", "HUMAN", "BOT", "prepare_tokenizer", "encode_chat", "prompt_ids", "BrainLlava",
@@ -30,7 +29,6 @@ __all__ = ["IMAGE_TOKEN", "HUMAN", "BOT", "prepare_tokenizer", "encode_chat", "p
 IMAGE_TOKEN = "<image>"
 HUMAN = "<human>: "
 BOT = " <bot>: "
-IGNORE = -100
 
 
 @contextlib.contextmanager
@@ -246,129 +244,99 @@ class BrainLlava(nn.Module):
 
     # --- persistence ------------------------------------------------------------------------------------------------
     def save_pretrained(self, folder):
-        """Write ``encoder/`` (ViT3D), ``lm/`` (LM + tokenizer, LoRA merged), ``projector.safetensors`` and
-        ``config.json``."""
+        """Write ``encoder/`` (ViT3D), ``projector.safetensors``, ``config.json`` and the LM.
+
+        A fully fine-tuned LM goes to ``lm/`` (weights + tokenizer). An LM with LoRA adapters goes to
+        ``lm_adapter/`` (the ``peft`` adapter and the tokenizer) with ``added_embeddings.safetensors`` (the
+        embedding rows of tokens added to the base vocabulary) and the base LM's folder recorded in
+        ``config.json`` (``base_lm``): an 8B base is not copied.
+        """
         from safetensors.torch import save_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.encoder.save_pretrained(folder / "encoder")
-        lm = self.lm.merge_and_unload() if hasattr(self.lm, "merge_and_unload") else self.lm
-        with _quiet_transformers():
-            lm.save_pretrained(folder / "lm")
-        self.tokenizer.save_pretrained(folder / "lm")
         save_file({k: v.contiguous() for k, v in self.projector.state_dict().items()},
                   str(folder / "projector.safetensors"))
+        lora = hasattr(self.lm, "peft_config")
+        base = self.lm.get_base_model() if lora else self.lm
         cfg = dict(feature_layer=self.feature_layer, encoder_width=self.encoder.width,
-                   lm_width=lm.get_input_embeddings().embedding_dim, projector="mlp2x_gelu",
-                   prompt=f"{HUMAN}{IMAGE_TOKEN}\\n{{instruction}}{BOT}{{answer}}")
+                   lm_width=base.get_input_embeddings().embedding_dim, projector="mlp2x_gelu",
+                   prompt=f"{HUMAN}{IMAGE_TOKEN}\\n{{instruction}}{BOT}{{answer}}",
+                   lm="lora" if lora else "full", lm_dtype=str(base.dtype).replace("torch.", ""))
+        with _quiet_transformers():
+            if lora:
+                self.lm.save_pretrained(folder / "lm_adapter")
+                self.tokenizer.save_pretrained(folder / "lm_adapter")
+                save_file(_added_rows(base, self.tokenizer), str(folder / "added_embeddings.safetensors"))
+                cfg["base_lm"] = str(getattr(base, "name_or_path", "") or "")
+            else:
+                self.lm.save_pretrained(folder / "lm")
+                self.tokenizer.save_pretrained(folder / "lm")
         (folder / "config.json").write_text(json.dumps(cfg, indent=1))
         return folder
 
     @classmethod
-    def from_pretrained(cls, folder, device="cpu", dtype=None):
-        """Load a folder written by :meth:`save_pretrained` onto ``device``; the LM's weights in ``dtype`` (a
-        config name or torch dtype; default as saved), the encoder and projector in float32."""
+    def from_pretrained(cls, folder, device="cpu", base_lm=None, dtype=None):
+        """Load a folder written by :meth:`save_pretrained` onto ``device``; the encoder and projector in float32.
+
+        Parameters
+        ----------
+        folder : str or Path
+        device : str
+        base_lm : str or Path, optional
+            The base LM folder of a LoRA model (default: the one recorded at saving).
+        dtype : str or torch.dtype, optional
+            The LM's weights (a config name or torch dtype; default: as saved).
+        """
         from safetensors.torch import load_file
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         folder = Path(folder)
-        need = [folder / "config.json", folder / "projector.safetensors", folder / "lm", folder / "encoder"]
+        lm_dir = folder / ("lm_adapter" if (folder / "lm_adapter").is_dir() else "lm")
+        need = [folder / "config.json", folder / "projector.safetensors", lm_dir, folder / "encoder"]
         if not all(p.exists() for p in need):
-            raise DataError(folder, "a brain LLaVA folder (config.json, projector.safetensors, lm/, encoder/)",
-                            "missing " + ", ".join(p.name for p in need if not p.exists()))
+            raise DataError(folder, "a brain LLaVA folder (config.json, projector.safetensors, lm/ or lm_adapter/, "
+                                    "encoder/)", "missing " + ", ".join(p.name for p in need if not p.exists()))
         cfg = json.loads((folder / "config.json").read_text())
+        dtype = torch_dtype(dtype or cfg["lm_dtype"]) if (dtype or "lm_dtype" in cfg) else "auto"
         encoder = ViT3D.from_pretrained(folder / "encoder", device)
         with _quiet_transformers():
-            lm = AutoModelForCausalLM.from_pretrained(str(folder / "lm"), dtype=torch_dtype(dtype) if dtype else "auto")
-            lm = lm.to(device).eval()
-            tok = AutoTokenizer.from_pretrained(str(folder / "lm"))
-        model = cls(encoder, lm, tok, cfg["feature_layer"])
+            lm, tok = _load_lm(folder, lm_dir, cfg, base_lm, dtype)
+        model = cls(encoder, lm.to(device).eval(), tok, cfg["feature_layer"])
         model.projector.load_state_dict(load_file(str(folder / "projector.safetensors")))
         return model.to(device).eval()
 
 
-def llava_batches(records, tokenizer, trial_rows, max_len):
-    """A batch source of tokenised records with the training trials of each record's image.
-
-    Parameters
-    ----------
-    records : list of dict
-        LLaVA records.
-    tokenizer : transformers tokenizer
-    trial_rows : callable
-        ``image_ids -> (rows (n, R), counts (n,))`` (e.g. :meth:`TrialSet.trials_of`).
-    max_len : int
-        Text tokens per record (longer ones are truncated).
-    """
-    enc = [encode_chat(tokenizer, r["conversations"], max_len) for r in records]
-    L = max(len(i) for i, _ in enc)
-    pad = tokenizer.pad_token_id
-    ids = np.full((len(enc), L), pad, dtype=np.int64)
-    labels = np.full((len(enc), L), IGNORE, dtype=np.int64)
-    mask = np.zeros((len(enc), L), dtype=np.int64)
-    for k, (i, lab) in enumerate(enc):
-        ids[k, :len(i)], labels[k, :len(i)], mask[k, :len(i)] = i, lab, 1
-    rows, counts = trial_rows(np.array([r["image_id"] for r in records], dtype=np.int64))
-    return ArrayBatches(input_ids=ids, labels=labels, attention_mask=mask, trials=rows, n_trials=counts)
+def _added_rows(lm, tokenizer):
+    """Input (and untied output) embedding rows of the tokenizer's added tokens (not in a base checkpoint)."""
+    ids = torch.tensor(sorted(set(tokenizer.get_added_vocab().values())), dtype=torch.long)
+    out = {"ids": ids, "input": lm.get_input_embeddings().weight.detach()[ids].contiguous()}
+    head = lm.get_output_embeddings()
+    if head is not None and head.weight is not lm.get_input_embeddings().weight:
+        out["output"] = head.weight.detach()[ids].contiguous()
+    return out
 
 
-def llava_loss(voxels):
-    """``loss_fn`` for :func:`neurorecon.training.fit`: one random training trial of each record's image, padding
-    cropped to the batch's longest record."""
+def _load_lm(folder, lm_dir, cfg, base_lm, dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    def loss_fn(model, batch, gen):
-        device = batch["input_ids"].device
-        trials, n = batch["trials"].cpu(), batch["n_trials"].cpu()
-        pick = (torch.rand(len(n), generator=gen) * n).long().clamp(max=trials.shape[1] - 1)
-        x = voxels[trials[torch.arange(len(n)), pick]].float().to(device)
-        L = int(batch["attention_mask"].sum(1).max())
-        return model(x, batch["input_ids"][:, :L], batch["attention_mask"][:, :L], batch["labels"][:, :L])
+    tok = AutoTokenizer.from_pretrained(str(lm_dir))
+    if lm_dir.name == "lm":
+        return AutoModelForCausalLM.from_pretrained(str(lm_dir), dtype=dtype), tok
+    from peft import PeftModel
+    from safetensors.torch import load_file
 
-    return loss_fn
-
-
-def apply_lora(lm, r, alpha=16, dropout=0.05, target_modules=("q_proj", "k_proj", "v_proj", "o_proj")):
-    """Wrap an LM with LoRA adapters (needs the optional ``peft`` package)."""
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError as err:
-        raise ConfigError("lora_r > 0 needs the optional package peft (pip install peft); set lora_r: 0 to "
-                          "fine-tune the whole LM instead") from err
-    cfg = LoraConfig(r=int(r), lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
-                     task_type="CAUSAL_LM")
-    return get_peft_model(lm, cfg)
-
-
-def train_llava_stage(model, data, voxels, stage, *, steps, batch_size, lr, weight_decay=0.0, seed=0, lora_r=0,
-                      ckpt_dir=None, ckpt_every=0, mixed_precision="no", progress=True, grad_accum=1):
-    """Stage 1 (projector) or stage 2 (projector + LM, or LoRA adapters) with :func:`neurorecon.training.fit`.
-
-    Returns
-    -------
-    TrainResult
-    """
-    if stage not in (1, 2):
-        raise ValueError(f"stage must be 1 or 2, found {stage!r}")
-    model.lm.requires_grad_(False)
-    model.projector.requires_grad_(True)
-    if stage == 2:
-        if lora_r:
-            if not hasattr(model.lm, "peft_config"):
-                model.lm = apply_lora(model.lm, lora_r)
-        else:
-            model.lm.requires_grad_(True)
-            model.lm.get_input_embeddings().requires_grad_(True)
-    params = [p for p in model.parameters() if p.requires_grad]
-    # accelerate warns that the LM's tied input/output embeddings are stored once in checkpoints: expected here
-    quiet = logging.getLogger("accelerate.utils.other")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        return fit(model, llava_loss(voxels), data, steps=steps, batch_size=batch_size, lr=lr,
-                   weight_decay=weight_decay, seed=seed, params=params, ckpt_dir=ckpt_dir, ckpt_every=ckpt_every,
-                   mixed_precision=mixed_precision, desc=f"LLaVA stage {stage}", progress=progress,
-                   log_every=max(1, steps // 100), grad_accum=grad_accum)
-    finally:
-        quiet.setLevel(level)
-
+    base = Path(base_lm or cfg.get("base_lm") or "")
+    if not (base / "config.json").is_file():
+        raise DataError(base, "the base LM folder of this LoRA brain LLaVA (config.json + weights; pass base_lm= "
+                              f"or restore the folder recorded in {folder / 'config.json'})", "no config.json")
+    lm = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype)
+    if len(tok) != lm.get_input_embeddings().num_embeddings:
+        lm.resize_token_embeddings(len(tok))
+    rows = load_file(str(folder / "added_embeddings.safetensors"))
+    with torch.no_grad():
+        lm.get_input_embeddings().weight[rows["ids"]] = rows["input"].to(dtype)
+        if "output" in rows:
+            lm.get_output_embeddings().weight[rows["ids"]] = rows["output"].to(dtype)
+    lm.config.pad_token_id = tok.pad_token_id
+    return PeftModel.from_pretrained(lm, str(lm_dir)), tok

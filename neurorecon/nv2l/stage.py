@@ -39,6 +39,7 @@ from .encoder import (build_vit3d, compute_targets, evaluate_vit3d, test_voxels,
 from .evaluate import derangement, majority_chance, qa_accuracy, qa_items, run_qa
 from .instructions import build_instruction_data, load_generator, scene_objects, write_llava_json
 from .llava import BrainLlava, llava_batches, train_llava_stage
+from .tuning import LORA_TARGETS, trainable_summary
 
 __all__ = ["LanguageConfig", "run_language_stage", "checkpoint_dir", "load_lm", "caption_table",
            "qa_table"]
@@ -94,6 +95,10 @@ class LanguageConfig(StageConfig):
     stage2_batch: int = 16
     stage2_lr: float = 1e-3
     lora_r: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    lora_targets: list[str] = dataclasses.field(default_factory=lambda: list(LORA_TARGETS))
+    gradient_checkpointing: bool = False
     caption_instruction: str = "Describe the image concisely."
     caption_tokens: int = 32
     qa_tokens: int = 16
@@ -361,9 +366,14 @@ def _run(cfg, fm, progress, log):
             data = llava_batches(records, tok, trials.trials_of, max_len)
             steps, record = _steps(cfg, len(records), epochs, st, batch, f"stage{stage}_steps")
             res = train_llava_stage(llava, data, vox, stage, steps=steps, batch_size=batch, lr=lr, seed=cfg.seed,
-                                    lora_r=cfg.lora_r, ckpt_dir=checkpoint_dir(cfg, f"llava{stage}"),
+                                    lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                    lora_targets=cfg.lora_targets, gradient_checkpointing=cfg.gradient_checkpointing,
+                                    grad_accum=cfg.grad_accum, ckpt_dir=checkpoint_dir(cfg, f"llava{stage}"),
                                     ckpt_every=cfg.ckpt_every, mixed_precision=cfg.mixed_precision,
-                                    progress=progress, grad_accum=cfg.grad_accum)
+                                    progress=progress)
+            params = trainable_summary(llava)
+            w.add_metric("brain_llava", "all", "train", f"stage{stage}_trainable_params", params["trainable"])
+            w.add_metric("brain_llava", "all", "train", f"stage{stage}_frozen_params", params["frozen"])
             losses[f"LLaVA stage {stage}"] = res.losses
             for k, v in dict(record, resumed_from=res.resumed_from).items():
                 w.add_metric("brain_llava", "all", "train", f"stage{stage}_{k}", v)

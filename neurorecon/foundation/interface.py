@@ -87,6 +87,9 @@ class Foundation:
         Mean/std of the image embeddings (noise augmentation happens in normalised space).
     unclip_noising_scheduler : diffusers.DDPMScheduler, optional
         Noise schedule of the image-embedding augmentation.
+    unclip_scheduler_config : dict, optional
+        The unCLIP UNet's own noise schedule and ``prediction_type`` (its folder's ``scheduler/``; Stable unCLIP
+        2.1 small predicts v), used whenever :meth:`sample` is given image embeddings.
     lm, lm_tokenizer : transformers causal LM and its tokenizer, optional
         The tokenizer has a pad token and the special token ``<image>``.
     names : dict
@@ -111,6 +114,7 @@ class Foundation:
     unclip_normalizer: Optional[Any] = None
     unclip_noising_scheduler: Optional[Any] = None
     extras: dict = field(default_factory=dict)
+    unclip_scheduler_config: Optional[dict] = None
 
     # --- text -------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -181,13 +185,18 @@ class Foundation:
         return ((x + 1) / 2).clamp(0, 1)
 
     # --- diffusion --------------------------------------------------------------------------------------------
-    def make_scheduler(self, kind="ddim"):
-        """A sampling scheduler with the training noise schedule: ``ddim``, ``dpm++`` or ``ddpm``."""
+    def make_scheduler(self, kind="ddim", unclip=False):
+        """A sampling scheduler (``ddim``, ``dpm++`` or ``ddpm``) with a model's training noise schedule and
+        prediction type: the text UNet's, or with ``unclip`` the unCLIP UNet's own."""
         from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
         cls = {"ddim": DDIMScheduler, "dpm++": DPMSolverMultistepScheduler, "ddpm": DDPMScheduler}[kind]
         kwargs = {"algorithm_type": "dpmsolver++"} if kind == "dpm++" else {}
-        return cls.from_config(self.scheduler_config, **kwargs)
+        if unclip and self.unclip_scheduler_config is None:
+            raise ValueError("this Foundation has no unclip_scheduler_config (the unCLIP folder's scheduler/): "
+                             "sampling the unCLIP UNet with the text UNet's schedule would misread a "
+                             "v-prediction model")
+        return cls.from_config(self.unclip_scheduler_config if unclip else self.scheduler_config, **kwargs)
 
     @torch.no_grad()
     def sample(self, context, *, negative_context=None, image_embeds=None, noise_level=0, guidance_scale=3.0,
@@ -208,7 +217,8 @@ class Foundation:
         guidance_scale : float
             1 disables guidance.
         scheduler : str
-            ``ddim`` or ``dpm++`` (DPM-Solver++) with the training noise schedule.
+            ``ddim`` or ``dpm++`` (DPM-Solver++) with the sampled model's training noise schedule and prediction
+            type (:meth:`make_scheduler`; the unCLIP UNet's own with ``image_embeds``).
         init_latents : Tensor (n, C, h, w), optional
             Start from these latents noised to ``strength`` (img2img); ``strength=1`` starts from pure noise.
         beta : float, optional
@@ -216,7 +226,8 @@ class Foundation:
             noise`` (times the scheduler's initial sigma), denoised over every step; ``beta = 1`` ignores the
             latents. ``strength`` is then not used.
         eps_fn : callable, optional
-            ``eps_fn(latents, t, context, class_labels) -> eps`` replacing the UNet call (e.g. UNet + ControlNet).
+            ``eps_fn(latents, t, context, class_labels) -> model output`` replacing the UNet call (e.g. UNet +
+            ControlNet); the output is what the scheduler's ``prediction_type`` says (eps, or v for unCLIP 2.1).
         decode : bool
             Return images (n, 3, H, W) in [0, 1]; else the final latents.
         """
@@ -241,7 +252,7 @@ class Foundation:
         out = []
         for i in range(0, n, batch_size):
             sl = slice(i, i + batch_size)
-            sched = self.make_scheduler(scheduler)
+            sched = self.make_scheduler(scheduler, unclip=image_embeds is not None)
             sched.set_timesteps(num_steps)
             timesteps = sched.timesteps
             x = noise[sl].to(self.device) * sched.init_noise_sigma

@@ -15,7 +15,9 @@ Which weights play which role
   tokens × 1024 — computed as SD 2.x's original ``FrozenOpenCLIPEmbedder`` (which NeuroPictor's ControlNet code
   base uses), so the diffusers folder's ``text_encoder``/``tokenizer`` are not needed.
 - UNet, VAE, noise schedule: the SD 2.1 base diffusers folder (``unet/``, ``vae/``, ``scheduler/``).
-- unCLIP UNet + image normaliser + image noising schedule: the Stable unCLIP 2.1 diffusers folder.
+- unCLIP UNet + image normaliser + image noising schedule + its own sampling schedule (``scheduler/``, whose
+  ``prediction_type`` is ``v_prediction`` for Stable unCLIP 2.1 small: sampling it with SD 2.1 base's epsilon
+  schedule reads its v output as noise): the Stable unCLIP 2.1 diffusers folder.
 - CLIP image/text embeddings (NV2L's target, retrieval, CLIP-S and the CLIP metric): OpenAI CLIP ViT-L/14 as an
   open_clip checkpoint (``ViT-L-14-quickgelu`` + ``open_clip_pytorch_model.bin`` from
   ``timm/vit_large_patch14_clip_224.openai``); 768-d, the embedding space of Stable unCLIP "small".
@@ -38,7 +40,7 @@ from .tiny import clip_image_embeds, clip_text_embeds, clip_text_tokens
 
 __all__ = ["FoundationFilesError", "load_foundation", "load_from_paths", "check_paths", "demo_paths", "stage_paths",
            "configured_components", "with_requirements", "REQUIRED_COMPONENTS", "PATHS_FILE",
-           "load_open_clip", "open_clip_model_config", "COMPONENTS", "IMAGE_TOKEN", "PAD_TOKEN"]
+           "load_open_clip", "open_clip_model_config", "COMPONENTS", "IMAGE_TOKEN", "PAD_TOKEN", "PREDICTION_TYPES"]
 
 #: The foundation components, the config keys that locate each, and what it is.
 COMPONENTS = {
@@ -135,7 +137,7 @@ def _check_unclip(p, problems):
     un = p.get("unclip_path")
     if not un:
         problems.append(("unclip_path", "the Stable unCLIP 2.1 (small, ViT-L/14) diffusers folder (unet/, "
-                                        "image_normalizer/, image_noising_scheduler/)", "not set"))
+                                        "image_normalizer/, image_noising_scheduler/, scheduler/)", "not set"))
         return
     if not (Path(un) / "model_index.json").is_file():
         problems.append((str(Path(un) / "model_index.json"), "the Stable unCLIP diffusers pipeline index",
@@ -145,6 +147,10 @@ def _check_unclip(p, problems):
     if not (Path(un) / "image_noising_scheduler" / "scheduler_config.json").is_file():
         problems.append((str(Path(un) / "image_noising_scheduler" / "scheduler_config.json"),
                          "the unCLIP image-embedding noise schedule", "no such file"))
+    if not (Path(un) / "scheduler" / "scheduler_config.json").is_file():
+        problems.append((str(Path(un) / "scheduler" / "scheduler_config.json"),
+                         "the unCLIP sampling schedule and prediction type (v_prediction for Stable unCLIP 2.1)",
+                         "no such file"))
 
 
 def _check_clip(key, what):
@@ -225,6 +231,15 @@ def _check_shapes(p, components, problems):
         un = Path(p["unclip_path"])
         uunet = _read_json(un / "unet" / "config.json", problems, "a diffusers UNet config")
         norm = _read_json(un / "image_normalizer" / "config.json", problems, "a StableUnCLIPImageNormalizer config")
+        usched = _read_json(un / "scheduler" / "scheduler_config.json", problems, "a diffusers scheduler config")
+        noising = _read_json(un / "image_noising_scheduler" / "scheduler_config.json", problems,
+                             "a diffusers scheduler config")
+        if usched is not None:
+            _check_unclip_schedule(un / "scheduler" / "scheduler_config.json", usched, problems)
+        if noising is not None and not noising.get("num_train_timesteps"):
+            problems.append((str(un / "image_noising_scheduler" / "scheduler_config.json"),
+                             "num_train_timesteps of the image-embedding noising schedule (Stable unCLIP: 1000)",
+                             noising.get("num_train_timesteps")))
         if uunet is None or norm is None:
             return
         _check_unet(uunet, un / "unet" / "config.json", p, text_width, lat, problems)
@@ -240,6 +255,20 @@ def _check_shapes(p, components, problems):
             problems.append((str(un / "image_normalizer" / "config.json"),
                              f"embedding_dim == the {p['clip_l_model']} image embedding dim {embed}",
                              norm.get("embedding_dim")))
+
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def _check_unclip_schedule(path, cfg, problems):
+    """The unCLIP folder's own sampling schedule must say what its UNet predicts (it is not SD 2.1 base's)."""
+    kind = cfg.get("prediction_type")
+    if kind not in PREDICTION_TYPES:
+        problems.append((str(path), f"prediction_type one of {', '.join(PREDICTION_TYPES)} (Stable unCLIP 2.1 "
+                                    "small: v_prediction)", repr(kind)))
+    for key in ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end"):
+        if key not in cfg:
+            problems.append((str(path), f"{key} of the unCLIP training noise schedule", "missing"))
 
 
 def check_paths(paths, components=tuple(COMPONENTS)):
@@ -337,7 +366,7 @@ def load_from_paths(paths, profile="full", device="auto", dtype="float32", with_
     weights = torch_dtype(dtype)
     precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[weights]
     parts = dict(vae=None, unet=None, scheduler_config={}, unclip_unet=None, unclip_normalizer=None,
-                 unclip_noising_scheduler=None, lm=None, lm_tokenizer=None)
+                 unclip_noising_scheduler=None, unclip_scheduler_config=None, lm=None, lm_tokenizer=None)
     image_size = 0
     if "sd" in components:
         sd = Path(paths["sd_path"])
@@ -350,6 +379,7 @@ def load_from_paths(paths, profile="full", device="auto", dtype="float32", with_
         parts["unclip_unet"] = UNet2DConditionModel.from_pretrained(un / "unet", torch_dtype=weights).to(device)
         parts["unclip_normalizer"] = StableUnCLIPImageNormalizer.from_pretrained(un / "image_normalizer").to(device)
         parts["unclip_noising_scheduler"] = DDPMScheduler.from_pretrained(un / "image_noising_scheduler")
+        parts["unclip_scheduler_config"] = dict(DDPMScheduler.from_pretrained(un / "scheduler").config)
     same = (paths.get("clip_h_checkpoint"), paths.get("clip_h_config")) == (paths.get("clip_l_checkpoint"),
                                                                              paths.get("clip_l_config"))
     clip_h = tok_h = clip_l = tok_l = None

@@ -3,7 +3,9 @@
 - ``sd/``: a diffusers ``StableDiffusionPipeline`` folder (``model_index.json``, ``unet/``, ``vae/``,
   ``scheduler/``; no ``text_encoder``: text tokens come from the open_clip checkpoint, as in SD 2.x's own code);
 - ``unclip/``: a diffusers ``StableUnCLIPImg2ImgPipeline`` folder (``unet/``, ``vae/``, ``image_normalizer/``,
-  ``image_noising_scheduler/``, ``scheduler/``);
+  ``image_noising_scheduler/``, ``scheduler/``); ``scheduler/`` is the schedule the unCLIP UNet was trained with,
+  prediction type included (the demo's predicts epsilon; Stable unCLIP 2.1 small's folder says v_prediction), and
+  it is what sampling with image embeddings uses;
 - ``clip/``: an open_clip checkpoint (``open_clip_model.safetensors``, a state_dict) with its model config JSON;
 - ``lm/``: a transformers folder (``LlamaForCausalLM`` + ``PreTrainedTokenizerFast``).
 """

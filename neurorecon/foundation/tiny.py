@@ -202,7 +202,7 @@ def tiny_random_foundation(image_size=32, seed=0, texts=DEFAULT_TEXTS, with_lm=T
         image_embeds_fn=lambda x: clip_image_embeds(clip, x.to(device), normalize=False),
         vae=vae, unet=unet, scheduler_config=sd_scheduler_config(), unclip_unet=unclip,
         unclip_normalizer=cast_module(unclip_normalizer(calib), device), device=device,
-        unclip_noising_scheduler=unclip_noising_scheduler(),
+        unclip_noising_scheduler=unclip_noising_scheduler(), unclip_scheduler_config=sd_scheduler_config(),
         lm=lm, lm_tokenizer=lm_tok, names=dict(clip="tiny-random-clip", vae="tiny-random-vae",
                                                 unet="tiny-random-unet", lm="tiny-random-llama"),
         extras=dict(clip_text=clip, clip_image=clip, clip_tokenizer=tokenizer, dtype=dtype),

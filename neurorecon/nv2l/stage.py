@@ -2,7 +2,9 @@
 
 Artifacts (``$NEURORECON_HOME/artifacts/<profile>/language/``)::
 
-    sft_data_tr.json, sft_data_te.json   LLaVA instruction data (training images / test images)
+    sft_data_tr.json, sft_data_te.json   LLaVA instruction data (training images / test images), each record with
+                                         the store arrays and rows of its fMRI trials (nv2l/export.py)
+    images/, export.json                 the records' images (LLaVA's --image_folder); where the fMRI arrays are
     vit3d/                               the ViT3D encoder (config.json, model.safetensors)
     brain_llava/                         encoder/, projector.safetensors, lm/ (LM + tokenizer), config.json
     encoder_test.csv                     retrieval and latent correlation per subject
@@ -37,7 +39,8 @@ from .concepts import ablation_check, concept_evidence
 from .encoder import (build_vit3d, compute_targets, evaluate_vit3d, test_voxels, train_vit3d,
                       training_trials)
 from .evaluate import derangement, majority_chance, qa_accuracy, qa_items, run_qa
-from .instructions import build_instruction_data, load_generator, scene_objects, write_llava_json
+from .export import export_llava
+from .instructions import build_instruction_data, load_generator, scene_objects
 from .llava import BrainLlava, llava_batches, train_llava_stage
 from .tuning import LORA_TARGETS, trainable_summary
 
@@ -65,6 +68,7 @@ class LanguageConfig(StageConfig):
     eval_subjects: Optional[list[int]] = None
     dialogue_generator: str = "template"
     n_turns: int = 4
+    export_images: bool = True
     patch_size: int = 4
     width: int = 128
     depth: int = 4
@@ -320,8 +324,8 @@ def _run(cfg, fm, progress, log):
         gen = load_generator(cfg.dialogue_generator, cfg.n_turns)
         tr = build_instruction_data(store.annotations, train_ids, size, gen, cfg.seed)
         te = build_instruction_data(store.annotations, test_ids, size, gen, cfg.seed)
-        write_llava_json(tr, w.path / "sft_data_tr.json")
-        write_llava_json(te, w.path / "sft_data_te.json")
+        export_llava(tr, store, w.path, "train", subjects, cfg.export_images)
+        export_llava(te, store, w.path, "test", eval_subjects, cfg.export_images)
         for kind, n in pd.Series([r["type"] for r in tr]).value_counts().items():
             w.add_metric("instructions", "all", "train", f"n_{kind}", n)
         w.add_metric("instructions", "all", "test", "n_records", len(te))

@@ -11,7 +11,7 @@ from ..errors import DataError
 from ..training import ArrayBatches, fit
 from .vit3d import ViT3D
 
-__all__ = ["TrialSet", "training_trials", "compute_targets", "build_vit3d", "vit3d_loss", "train_vit3d",
+__all__ = ["TrialSet", "training_trials", "compute_targets", "streaming_moments", "image_means", "build_vit3d", "vit3d_loss", "train_vit3d",
            "retrieval_top1", "latent_correlation", "evaluate_vit3d", "test_voxels"]
 
 
@@ -112,6 +112,50 @@ def _target_rows(targets, image_ids):
     return rows
 
 
+def streaming_moments(x, chunk=4096):
+    """Per-column mean and (population) standard deviation of a large (N, V) array in float32, a chunk of rows at
+    a time (Chan et al.'s pairwise update of mean and sum of squared deviations): no float32/float64 copy of the
+    whole array (the training trials of NSD are ~10^5 x 10^5 numbers).
+
+    Returns
+    -------
+    mean, std : ndarray (V,) float32
+    """
+    n = 0
+    mean = np.zeros(x.shape[1], dtype=np.float32)
+    m2 = np.zeros(x.shape[1], dtype=np.float32)
+    for a in range(0, len(x), chunk):
+        b = np.asarray(x[a:a + chunk], dtype=np.float32)
+        nb = len(b)
+        mb = b.mean(0, dtype=np.float32)
+        m2b = ((b - mb) ** 2).sum(0, dtype=np.float32)
+        delta = mb - mean
+        tot = n + nb
+        mean += delta * (nb / tot)
+        m2 += m2b + delta ** 2 * (n * nb / tot)
+        n = tot
+    if n == 0:
+        raise ValueError("streaming_moments needs at least one row")
+    return mean, np.sqrt(m2 / n)
+
+
+def image_means(voxels, keys, chunk=4096):
+    """Rows of ``voxels`` averaged per key (e.g. subject x image), accumulated in float32 a chunk at a time.
+
+    Returns
+    -------
+    means : ndarray (n_keys, V) float32
+    uniq : ndarray (n_keys,) the sorted keys
+    """
+    uniq, inverse = np.unique(np.asarray(keys), return_inverse=True)
+    sums = torch.zeros(len(uniq), voxels.shape[1], dtype=torch.float32)
+    inv = torch.from_numpy(inverse.reshape(-1))
+    for a in range(0, len(voxels), chunk):
+        sums.index_add_(0, inv[a:a + chunk], torch.from_numpy(np.asarray(voxels[a:a + chunk], dtype=np.float32)))
+    counts = torch.from_numpy(np.bincount(inverse.reshape(-1), minlength=len(uniq))).float()[:, None]
+    return (sums / counts).numpy(), uniq
+
+
 def build_vit3d(store, targets, train_rows, trials, patch_size, width, depth, heads, mlp_ratio, head_hidden,
                 dropout=0.0, seed=0):
     """A ViT3D for a store's grid with voxel and target standardisation from the training data."""
@@ -120,9 +164,8 @@ def build_vit3d(store, targets, train_rows, trials, patch_size, width, depth, he
     model = ViT3D(grid["shape"], grid["union_ijk"], patch_size=patch_size, width=width, depth=depth, heads=heads,
                   mlp_ratio=mlp_ratio, head_hidden=head_hidden, clip_dim=targets["clip"].shape[1],
                   latent_shape=targets["latent"].shape[1:], dropout=dropout)
-    x = trials.voxels.astype(np.float32)
     clip, lat = targets["clip"][train_rows], targets["latent"][train_rows].reshape(len(train_rows), -1)
-    model.set_normalisation(voxel=(x.mean(0), x.std(0)), clip=(clip.mean(0), clip.std(0)),
+    model.set_normalisation(voxel=streaming_moments(trials.voxels), clip=(clip.mean(0), clip.std(0)),
                             latent=(lat.mean(0), lat.std(0)))
     return model
 

@@ -36,7 +36,7 @@ from ..training import checkpoint_root, make_accelerator, remove_checkpoints, re
 from .baselines import fit_ridge, nearest_captions
 from .captions import METRICS, UNAVAILABLE, CaptionScorer
 from .concepts import ablation_check, concept_evidence
-from .encoder import (build_vit3d, compute_targets, evaluate_vit3d, test_voxels, train_vit3d,
+from .encoder import (build_vit3d, compute_targets, evaluate_vit3d, image_means, test_voxels, train_vit3d,
                       training_trials)
 from .evaluate import derangement, majority_chance, qa_accuracy, qa_items, run_qa
 from .export import export_llava
@@ -414,9 +414,5 @@ def _run(cfg, fm, progress, log):
 
 def _image_means(trials):
     """Training fMRI averaged over repetitions per (subject, image): (rows, image ids)."""
-    key = trials.subjects * (10 ** 9) + trials.image_ids
-    uniq, inverse = np.unique(key, return_inverse=True)
-    sums = torch.zeros(len(uniq), trials.voxels.shape[1], dtype=torch.float64)
-    sums.index_add_(0, torch.from_numpy(inverse), torch.from_numpy(trials.voxels).double())
-    counts = np.bincount(inverse, minlength=len(uniq))[:, None]
-    return (sums.numpy() / counts).astype(np.float32), uniq % (10 ** 9)
+    means, uniq = image_means(trials.voxels, trials.subjects * (10 ** 9) + trials.image_ids)
+    return means, uniq % (10 ** 9)

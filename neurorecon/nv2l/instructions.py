@@ -20,10 +20,17 @@ are deterministic. Annotations are the prepared store's (``store.annotations[id]
 ``attributes`` (colour, size, shape, position) and a ``background``; COCO instances (full profile) carry only a
 category and a box, so attribute questions are skipped and positions come from box centres.
 
-The dialogue generator is pluggable: any callable ``generator(annotation, kind, rng) -> list of (question,
+The dialogue writer is pluggable: any callable ``generator(annotation, kind, rng) -> list of (question,
 answer)`` with ``kind`` in ``("conversation", "reasoning")`` (for example one that asks an LLM to write the
-dialogue from captions and boxes, as NV2L did with GPT-3.5); an empty list skips the record. The default is
-:class:`TemplateDialogues`. ``annotation`` is the store's dict plus ``"image_size"`` (pixels of the boxes).
+dialogue from captions and boxes, as NV2L did with GPT-3.5); an empty list skips the record. A writer with a
+``kinds`` attribute that includes ``"detailed"`` also writes the detailed descriptions (else they come from the
+annotation template). The default is :class:`TemplateDialogues`. ``annotation`` is the store's dict plus
+``"image_size"`` (pixels of the boxes).
+
+The captioner is pluggable too (:func:`add_captions`): ``captioner(images, annotations) -> list of list of str``
+(uint8 images (n, H, W, 3) and their annotations; e.g. BLIP-2, whose captions NV2L added to COCO's). Its captions
+are appended to the annotation's before the records are built; evaluation keeps the store's (human) references.
+Without one (the offline default) the store's captions are used as they are.
 """
 
 import importlib
@@ -37,7 +44,8 @@ from ..simulate.scenes import BACKGROUND_PHRASES, PLURALS, POSITION_CENTERS
 
 __all__ = ["BRIEF_TEMPLATES", "DETAILED_TEMPLATES", "RECONSTRUCTION_PROMPT", "CONCEPT_TEMPLATE", "RECORD_TYPES",
            "NUMBER_WORDS", "WHERE", "TemplateDialogues", "scene_objects", "build_records", "build_instruction_data",
-           "write_llava_json", "read_llava_json", "load_generator", "qa_questions", "image_file_name"]
+           "write_llava_json", "read_llava_json", "load_generator", "load_captioner", "add_captions", "qa_questions",
+           "image_file_name"]
 
 BRIEF_TEMPLATES = (
     "Describe the image concisely.",
@@ -371,6 +379,10 @@ def build_records(image_id, annotation, image_size, generator=None, seed=0, cate
             if captions:
                 out.append(_record(image_id, kind, [(BRIEF_TEMPLATES[rng.integers(len(BRIEF_TEMPLATES))],
                                                      captions[int(rng.integers(len(captions)))])]))
+        elif kind == "detailed" and "detailed" in getattr(generator, "kinds", ()):
+            turns = generator(ann, kind, rng)
+            if turns:
+                out.append(_record(image_id, kind, turns))
         elif kind == "detailed":
             if objs:
                 out.append(_record(image_id, kind, [(DETAILED_TEMPLATES[rng.integers(len(DETAILED_TEMPLATES))],
@@ -435,15 +447,58 @@ def read_llava_json(path):
     return data
 
 
+def _import(spec, key):
+    if ":" not in str(spec):
+        raise ConfigError(f"{key} {spec!r}: expected 'package.module:callable'")
+    module, name = str(spec).split(":", 1)
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"{key} {spec!r}: cannot import it ({err})") from err
+
+
 def load_generator(spec, n_turns=4):
     """The dialogue generator named by a config value: ``"template"`` or ``"package.module:callable"``."""
     if spec in (None, "", "template"):
         return TemplateDialogues(n_turns)
-    if ":" not in spec:
-        raise ConfigError(f"dialogue_generator {spec!r}: expected 'template' or 'package.module:callable'")
-    module, name = spec.split(":", 1)
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"dialogue_generator {spec!r}: cannot import it ({err})") from err
+    return _import(spec, "dialogue_generator")
+
+
+def load_captioner(spec):
+    """The captioner named by a config value: ``None`` (the store's captions only) or
+    ``"package.module:callable"``."""
+    return None if spec in (None, "", "none") else _import(spec, "captioner")
+
+
+def add_captions(annotations, image_ids, get_images, captioner, batch_size=32):
+    """Annotations of ``image_ids`` with the captioner's captions appended to their own (new dicts).
+
+    Parameters
+    ----------
+    annotations : dict
+        ``store.annotations``.
+    image_ids : sequence of int
+    get_images : callable
+        ``ids -> uint8 images (n, H, W, 3)`` (e.g. ``store.get_images``).
+    captioner : callable
+        ``captioner(images, annotations) -> list of list of str``.
+    batch_size : int
+
+    Returns
+    -------
+    dict
+        ``annotations`` with the captioned images' entries replaced.
+    """
+    out = dict(annotations)
+    ids = [int(i) for i in image_ids]
+    for a in range(0, len(ids), batch_size):
+        chunk = ids[a:a + batch_size]
+        caps = captioner(get_images(np.asarray(chunk)), [annotations[i] for i in chunk])
+        if len(caps) != len(chunk) or not all(isinstance(c, (list, tuple)) for c in caps):
+            raise ConfigError(f"captioner returned {type(caps).__name__} of length {len(caps)} for {len(chunk)} "
+                              "images: expected one list of captions per image")
+        for i, c in zip(chunk, caps):
+            out[i] = dict(annotations[i], captions=list(annotations[i].get("captions") or [])
+                          + [str(t) for t in c if str(t).strip()])
+    return out
 

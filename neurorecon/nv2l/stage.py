@@ -40,7 +40,7 @@ from .encoder import (build_vit3d, compute_targets, evaluate_vit3d, image_means,
                       training_trials)
 from .evaluate import derangement, majority_chance, qa_accuracy, qa_items, run_qa
 from .export import export_llava
-from .instructions import build_instruction_data, load_generator, scene_objects
+from .instructions import add_captions, build_instruction_data, load_captioner, load_generator, scene_objects
 from .llava import BrainLlava, llava_batches, train_llava_stage
 from .tuning import LORA_TARGETS, trainable_summary
 
@@ -68,6 +68,8 @@ class LanguageConfig(StageConfig):
     eval_subjects: Optional[list[int]] = None
     dialogue_generator: str = "template"
     n_turns: int = 4
+    captioner: Optional[str] = None
+    captioner_batch: int = 32
     export_images: bool = True
     patch_size: int = 4
     width: int = 128
@@ -322,8 +324,13 @@ def _run(cfg, fm, progress, log):
         train_ids = np.unique(trials.image_ids)
         test_ids = np.unique(np.concatenate([store.subject(s).test_image_ids for s in eval_subjects]))
         gen = load_generator(cfg.dialogue_generator, cfg.n_turns)
-        tr = build_instruction_data(store.annotations, train_ids, size, gen, cfg.seed)
-        te = build_instruction_data(store.annotations, test_ids, size, gen, cfg.seed)
+        annotations = store.annotations
+        captioner = load_captioner(cfg.captioner)
+        if captioner is not None:  # instruction data only: evaluation keeps the store's (human) references
+            annotations = add_captions(annotations, np.union1d(train_ids, test_ids), store.get_images, captioner,
+                                       cfg.captioner_batch)
+        tr = build_instruction_data(annotations, train_ids, size, gen, cfg.seed)
+        te = build_instruction_data(annotations, test_ids, size, gen, cfg.seed)
         export_llava(tr, store, w.path, "train", subjects, cfg.export_images)
         export_llava(te, store, w.path, "test", eval_subjects, cfg.export_images)
         for kind, n in pd.Series([r["type"] for r in tr]).value_counts().items():

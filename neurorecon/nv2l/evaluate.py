@@ -10,26 +10,57 @@ from ..metrics import derangement  # the shuffled-fMRI control, one implementati
 from ..simulate.scenes import COLORS, SHAPES
 from .instructions import NUMBER_WORDS, qa_questions
 
-__all__ = ["ANSWER_WORDS", "derangement", "answer_words", "qa_correct", "qa_items", "run_qa", "qa_accuracy",
-           "majority_chance"]
+__all__ = ["ANSWER_WORDS", "derangement", "parse_counts", "answer_words", "qa_correct", "qa_items", "run_qa",
+           "qa_accuracy", "majority_chance"]
 
 #: The words that count as an answer, per question type.
 ANSWER_WORDS = {"color": tuple(COLORS), "shape": tuple(sorted(set(SHAPES))),
                 "count": tuple(w for k, w in NUMBER_WORDS.items() if k > 0)}
 
 
+_UNITS = {w: k for k, w in enumerate(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
+                                       "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen",
+                                       "sixteen", "seventeen", "eighteen", "nineteen"])}
+_TENS = {w: 10 * k for k, w in enumerate(["twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty",
+                                          "ninety"], start=2)}
+
+
+def parse_counts(text):
+    """Every positive number a text states, in digits or words (``"12"``, ``"twelve"``, ``"twenty-one"``,
+    ``"a hundred and three"`` is not parsed): a set of ints."""
+    words = re.findall(r"[a-z]+|\d+", text.lower().replace("-", " "))
+    out, k = set(), 0
+    while k < len(words):
+        w = words[k]
+        if w.isdigit():
+            out.add(int(w))
+        elif w in _TENS:
+            n = _TENS[w]
+            if k + 1 < len(words) and 0 < _UNITS.get(words[k + 1], 0) < 10:
+                n, k = n + _UNITS[words[k + 1]], k + 1
+            out.add(n)
+        elif w in _UNITS:
+            out.add(_UNITS[w])
+        k += 1
+    return {n for n in out if n > 0}
+
+
 def answer_words(qtype, text):
-    """The answer-vocabulary words of ``qtype`` found in a generated answer (digits count as numbers)."""
+    """The answer-vocabulary words of ``qtype`` found in a generated answer; for ``count`` the numbers it states
+    (digits or words, any size) as ints."""
+    if qtype == "count":
+        return parse_counts(text)
     words = re.findall(r"[a-z]+|\d+", text.lower())
     vocab = set(ANSWER_WORDS[qtype])
-    found = {w for w in words if w in vocab}
-    if qtype == "count":
-        found |= {NUMBER_WORDS[int(w)] for w in words if w.isdigit() and 0 < int(w) in NUMBER_WORDS}
-    return found
+    return {w for w in words if w in vocab}
 
 
 def qa_correct(qtype, text, truth):
-    """An answer is correct iff the only answer word of its type that it mentions is the true one."""
+    """An answer is correct iff the only answer of its type that it mentions is the true one (counts compared
+    as numbers, so "12 people" answers "twelve")."""
+    if qtype == "count":
+        truth = parse_counts(str(truth))
+        return len(truth) == 1 and parse_counts(text) == truth
     return answer_words(qtype, text) == {truth}
 
 

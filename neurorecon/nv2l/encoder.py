@@ -212,8 +212,9 @@ def vit3d_loss(voxels, clip_z, latent_z, alpha, mixup=True):
 
 
 def train_vit3d(model, trials, targets, *, steps, batch_size, lr, alpha, mixup=True, weight_decay=0.05, seed=0,
-                ckpt_dir=None, ckpt_every=0, mixed_precision="no", progress=True, grad_accum=1):
-    """Train the ViT3D on every trial with :func:`neurorecon.training.fit`; returns its ``TrainResult``."""
+                ckpt_dir=None, ckpt_every=0, mixed_precision="no", progress=True, grad_accum=1, accelerator=None):
+    """Train the ViT3D on every trial with :func:`neurorecon.training.fit` (on ``accelerator``'s processes, if
+    given); returns its ``TrainResult``."""
     rows = _target_rows(targets, trials.image_ids)
     clip = torch.from_numpy(targets["clip"]).float()
     lat = torch.from_numpy(targets["latent"].reshape(len(targets["ids"]), -1)).float()
@@ -224,7 +225,8 @@ def train_vit3d(model, trials, targets, *, steps, batch_size, lr, alpha, mixup=T
     loss_fn = vit3d_loss(torch.from_numpy(trials.voxels), clip_z, lat_z, alpha, mixup)
     return fit(model, loss_fn, data, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                seed=seed, ckpt_dir=ckpt_dir, ckpt_every=ckpt_every, mixed_precision=mixed_precision,
-               desc="ViT3D", progress=progress, log_every=max(1, steps // 100), grad_accum=grad_accum)
+               desc="ViT3D", progress=progress, log_every=max(1, steps // 100), grad_accum=grad_accum,
+               accelerator=accelerator)
 
 
 def retrieval_top1(pred, true):

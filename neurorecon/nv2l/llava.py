@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from ..devices import torch_dtype
 from ..errors import DataError
-from .tuning import IGNORE, apply_lora, llava_batches, llava_loss, train_llava_stage
+from .tuning import IGNORE, apply_lora, llava_batches, llava_loss, quiet_peft, train_llava_stage
 from .vit3d import ViT3D, mlp_head
 
 __all__ = ["IMAGE_TOKEN", "HUMAN", "BOT", "prepare_tokenizer", "encode_chat", "prompt_ids", "BrainLlava",
@@ -339,4 +339,5 @@ def _load_lm(folder, lm_dir, cfg, base_lm, dtype):
         if "output" in rows:
             lm.get_output_embeddings().weight[rows["ids"]] = rows["output"].to(dtype)
     lm.config.pad_token_id = tok.pad_token_id
-    return PeftModel.from_pretrained(lm, str(lm_dir)), tok
+    with quiet_peft():
+        return PeftModel.from_pretrained(lm, str(lm_dir)), tok

@@ -30,7 +30,7 @@ from .. import paths
 from ..artifacts import StageWriter, is_complete
 from ..config import StageConfig
 from ..devices import stage_device
-from ..distributed import num_processes, require_single_process
+from ..distributed import num_processes
 from ..errors import ConfigError
 from ..training import checkpoint_root, make_accelerator, remove_checkpoints, resolve_steps
 from .baselines import fit_ridge, nearest_captions
@@ -291,19 +291,27 @@ def run_language_stage(cfg, force=False, fm=None, progress=True, log=print):
     if not force and is_complete(cfg.STAGE, cfg.profile, cfg.digest()):
         return folder
     _check_cfg(cfg)
-    require_single_process(cfg.STAGE)
     threads = torch.get_num_threads()
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
+    acc = make_accelerator(cfg.mixed_precision)
     try:
-        _run(cfg, fm, progress, log)
+        _run(cfg, fm, progress, log if acc.is_main_process else (lambda *_: None), acc)
     finally:
         torch.set_num_threads(threads)
+    if not acc.is_main_process:  # the other ranks only helped training; the main process evaluates and writes
+        shutil.rmtree(_rank_scratch(cfg, acc), ignore_errors=True)
+        return None
     remove_checkpoints(checkpoint_dir(cfg))
     return folder
 
 
-def _run(cfg, fm, progress, log):
+def _rank_scratch(cfg, acc):
+    """Where a non-main process's (discarded) stage writer goes."""
+    return paths.artifacts_dir(cfg.profile) / f".{cfg.STAGE}.rank{acc.process_index}"
+
+
+def _run(cfg, fm, progress, log, acc):
     from ..data import open_store
     from ..data.stage import store_path
 
@@ -312,13 +320,13 @@ def _run(cfg, fm, progress, log):
         from ..foundation import load_foundation
 
         # on the device every process trains on; raises naming notebook 02 if the foundation stage is missing
-        fm = load_foundation(cfg.profile, device=stage_device(make_accelerator(cfg.mixed_precision)),
-                             components=COMPONENTS)
+        fm = load_foundation(cfg.profile, device=stage_device(acc), components=COMPONENTS)
     subjects = list(cfg.subjects or store.subjects)
     eval_subjects = list(cfg.eval_subjects or subjects)
     size = store.meta["image_size"]
     timings, losses = {}, {}
-    with StageWriter(cfg) as w:
+    main = acc.is_main_process
+    with StageWriter(cfg, None if main else _rank_scratch(cfg, acc)) as w:
         t = time.time()
         trials = training_trials(store, subjects)
         train_ids = np.unique(trials.image_ids)
@@ -331,8 +339,9 @@ def _run(cfg, fm, progress, log):
                                        cfg.captioner_batch)
         tr = build_instruction_data(annotations, train_ids, size, gen, cfg.seed)
         te = build_instruction_data(annotations, test_ids, size, gen, cfg.seed)
-        export_llava(tr, store, w.path, "train", subjects, cfg.export_images)
-        export_llava(te, store, w.path, "test", eval_subjects, cfg.export_images)
+        if main:
+            export_llava(tr, store, w.path, "train", subjects, cfg.export_images)
+            export_llava(te, store, w.path, "test", eval_subjects, cfg.export_images)
         for kind, n in pd.Series([r["type"] for r in tr]).value_counts().items():
             w.add_metric("instructions", "all", "train", f"n_{kind}", n)
         w.add_metric("instructions", "all", "test", "n_records", len(te))
@@ -347,21 +356,23 @@ def _run(cfg, fm, progress, log):
         res = train_vit3d(encoder, trials, targets, steps=steps, batch_size=cfg.enc_batch, lr=cfg.enc_lr,
                           alpha=cfg.alpha, mixup=cfg.mixup, weight_decay=cfg.enc_weight_decay, seed=cfg.seed,
                           ckpt_dir=checkpoint_dir(cfg, "vit3d"), ckpt_every=cfg.ckpt_every,
-                          mixed_precision=cfg.mixed_precision, progress=progress, grad_accum=cfg.grad_accum)
+                          mixed_precision=cfg.mixed_precision, progress=progress, grad_accum=cfg.grad_accum,
+                          accelerator=acc)
         losses["ViT3D"] = res.losses
         encoder.eval().requires_grad_(False)
-        encoder.save_pretrained(w.path / "vit3d")
-        enc = evaluate_vit3d(encoder, store, eval_subjects, targets)
-        enc.to_csv(w.path / "encoder_test.csv", index=False)
-        for _, r in enc.iterrows():
-            for k in ("top1_brain2image", "top1_image2brain", "chance", "clip_cosine", "latent_r"):
-                w.add_metric("vit3d", int(r.subject), "test", k, r[k])
-        for k, v in dict(record, resumed_from=res.resumed_from).items():
-            w.add_metric("vit3d", "all", "train", k, v)
-        w.add_metric("vit3d", "all", "train", "n_patches", encoder.grid.n_patches)
-        timings["encoder"] = time.time() - t
-        log(f"ViT3D: {steps} steps in {timings['encoder']:.0f} s; mean top-1 {enc.top1_brain2image.mean():.3f} "
-            f"(chance {enc.chance.mean():.3f}), latent r {enc.latent_r.mean():.3f}")
+        if main:
+            encoder.save_pretrained(w.path / "vit3d")
+            enc = evaluate_vit3d(encoder, store, eval_subjects, targets)
+            enc.to_csv(w.path / "encoder_test.csv", index=False)
+            for _, r in enc.iterrows():
+                for k in ("top1_brain2image", "top1_image2brain", "chance", "clip_cosine", "latent_r"):
+                    w.add_metric("vit3d", int(r.subject), "test", k, r[k])
+            for k, v in dict(record, resumed_from=res.resumed_from).items():
+                w.add_metric("vit3d", "all", "train", k, v)
+            w.add_metric("vit3d", "all", "train", "n_patches", encoder.grid.n_patches)
+            timings["encoder"] = time.time() - t
+            log(f"ViT3D: {steps} steps in {timings['encoder']:.0f} s; mean top-1 {enc.top1_brain2image.mean():.3f} "
+                f"(chance {enc.chance.mean():.3f}), latent r {enc.latent_r.mean():.3f}")
 
         t = time.time()
         lm, tok = load_lm(cfg, fm)
@@ -381,7 +392,7 @@ def _run(cfg, fm, progress, log):
                                     lora_targets=cfg.lora_targets, gradient_checkpointing=cfg.gradient_checkpointing,
                                     grad_accum=cfg.grad_accum, ckpt_dir=checkpoint_dir(cfg, f"llava{stage}"),
                                     ckpt_every=cfg.ckpt_every, mixed_precision=cfg.mixed_precision,
-                                    progress=progress)
+                                    progress=progress, accelerator=acc)
             params = trainable_summary(llava)
             w.add_metric("brain_llava", "all", "train", f"stage{stage}_trainable_params", params["trainable"])
             w.add_metric("brain_llava", "all", "train", f"stage{stage}_frozen_params", params["frozen"])
@@ -393,6 +404,8 @@ def _run(cfg, fm, progress, log):
             log(f"LLaVA stage {stage}: {len(records)} records, {steps} steps in {timings[f'llava_stage{stage}']:.0f} s, "
                 f"loss {res.losses[0][1]:.3f} -> {res.losses[-1][1]:.3f}")
             t = time.time()
+        if not main:
+            return
         llava.eval()
         llava.save_pretrained(w.path / "brain_llava")
         (w.path / "losses.json").write_text(json.dumps(losses))

@@ -16,8 +16,10 @@ activations, i.e. sharding across GPUs. Gradient checkpointing (recompute each d
 pass) bounds activation memory by one layer's; ``grad_accum`` micro-batches reach the paper's batch sizes.
 """
 
+import contextlib
 import inspect
 import logging
+import warnings
 
 import numpy as np
 import torch
@@ -25,7 +27,7 @@ import torch
 from ..errors import ConfigError
 from ..training import ArrayBatches, fit
 
-__all__ = ["IGNORE", "LORA_TARGETS", "llava_batches", "llava_loss", "apply_lora", "trainable_summary",
+__all__ = ["IGNORE", "LORA_TARGETS", "llava_batches", "llava_loss", "quiet_peft", "apply_lora", "trainable_summary",
            "train_llava_stage"]
 
 IGNORE = -100
@@ -75,6 +77,15 @@ def llava_loss(voxels):
     return loss_fn
 
 
+@contextlib.contextmanager
+def quiet_peft():
+    """peft 0.21 reads transformers 5's deprecated ``is_gradient_checkpointing`` property when it wraps a model:
+    silence that one FutureWarning (nothing of ours uses the old name)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def apply_lora(lm, r, alpha=16, dropout=0.05, target_modules=LORA_TARGETS):
     """Wrap an LM with LoRA adapters (``peft``); the adapters are float32 whatever the base dtype.
 
@@ -98,7 +109,8 @@ def apply_lora(lm, r, alpha=16, dropout=0.05, target_modules=LORA_TARGETS):
                           f"include {sorted(n for n in names if n.endswith('proj'))[:12]}")
     cfg = LoraConfig(r=int(r), lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
                      task_type="CAUSAL_LM")
-    lm = get_peft_model(lm, cfg, autocast_adapter_dtype=True)
+    with quiet_peft():
+        lm = get_peft_model(lm, cfg, autocast_adapter_dtype=True)
     for p in lm.parameters():
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()

@@ -1,0 +1,55 @@
+"""The language stage's command-line entry (``python -m neurorecon.nv2l.train``), in one process and in two
+gloo processes (what ``accelerate launch`` starts on GPUs): LoRA stage 2, the main process writes the stage."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from neurorecon.nv2l.llava import BrainLlava
+from neurorecon.nv2l.train import main
+
+pytest.importorskip("peft")
+QUICK = ["--profile", "smoke", "--foundation", "tiny", "--no-progress", "--set", "enc_steps=3", "--set",
+         "stage1_steps=2", "--set", "stage2_steps=2", "--set", "eval_subjects=[1]", "--set", "lora_r=4", "--set",
+         "gradient_checkpointing=true", "--set", "concept_random_draws=1"]
+
+
+@pytest.fixture(scope="module")
+def home(new_smoke_home):
+    return new_smoke_home("language_home")
+
+
+def _check(folder):
+    assert (folder / "COMPLETE").is_file()
+    assert (folder / "brain_llava" / "lm_adapter" / "adapter_model.safetensors").is_file()
+    metrics = (folder / "metrics.csv").read_text()
+    assert "stage2_trainable_params" in metrics and "qa_count" in metrics
+    cfg = json.loads((folder / "brain_llava" / "config.json").read_text())
+    assert cfg["lm"] == "lora"
+    assert json.loads((folder / "export.json").read_text())["image_folder"] == "images"
+
+
+def test_entry_runs_the_stage_in_one_process(home, home_set_to, capsys):
+    with home_set_to(home):
+        assert main(QUICK + ["--force"]) == 0
+    out = capsys.readouterr().out
+    folder = Path(out.strip().splitlines()[-1].split(": ", 1)[1])
+    _check(folder)
+    with pytest.raises(Exception, match="base LM folder"):  # the tiny LM has no folder to reload it from
+        BrainLlava.from_pretrained(folder / "brain_llava")
+
+
+@pytest.mark.slow
+def test_entry_under_two_processes(home, tmp_path):
+    env = dict(os.environ, NEURORECON_HOME=str(home), PYTHONPATH=str(Path(__file__).parents[1]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "neurorecon.nv2l.train", *QUICK, "--force", "--set", "ckpt_every=1"]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("stage language (smoke)") == 1  # only the main process writes and reports
+    _check(home / "artifacts" / "smoke" / "language")
+    assert not list((home / "artifacts" / "smoke").glob(".language.rank*"))  # the other rank's scratch is gone

@@ -135,3 +135,13 @@ def test_gradient_accumulation(base):
         return
     res = train_llava_stage(llava, data, vox, 1, steps=2, batch_size=4, lr=1e-3, progress=False, grad_accum=2)
     assert res.steps == 2
+
+
+def test_an_lm_path_loads_in_the_foundation_dtype(base):
+    from types import SimpleNamespace
+
+    from neurorecon.nv2l.stage import load_lm
+
+    cfg = SimpleNamespace(lm_path=str(base), lm_copy=True)
+    lm, tok = load_lm(cfg, SimpleNamespace(extras={"dtype": "bfloat16"}))
+    assert next(lm.parameters()).dtype == torch.bfloat16 and tok is not None

@@ -29,7 +29,7 @@ import torch
 from .. import paths
 from ..artifacts import StageWriter, is_complete
 from ..config import StageConfig
-from ..devices import stage_device
+from ..devices import stage_device, torch_dtype
 from ..distributed import num_processes
 from ..errors import ConfigError
 from ..training import checkpoint_root, make_accelerator, remove_checkpoints, resolve_steps
@@ -143,7 +143,9 @@ def load_lm(cfg, fm):
         path = Path(cfg.lm_path).expanduser()
         if not (path / "config.json").is_file():
             raise ConfigError(f"lm_path {path}: expected a transformers causal-LM folder with config.json")
-        return AutoModelForCausalLM.from_pretrained(str(path)), AutoTokenizer.from_pretrained(str(path))
+        dtype = torch_dtype(fm.extras.get("dtype") or "float32")  # frozen weights in the foundation's dtype
+        return (AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype),
+                AutoTokenizer.from_pretrained(str(path)))
     if fm.lm is None or fm.lm_tokenizer is None:
         raise ConfigError("the foundation has no language model (load it with with_lm=True) and lm_path is null")
     lm, tok = (fm.lm, fm.lm_tokenizer) if not cfg.lm_copy else (copy.deepcopy(fm.lm), copy.deepcopy(fm.lm_tokenizer))

@@ -9,6 +9,7 @@ Artifacts (``$NEURORECON_HOME/artifacts/<profile>/language/``)::
     brain_llava/                         encoder/, projector.safetensors, lm/ (LM + tokenizer), config.json
     encoder_test.csv                     retrieval and latent correlation per subject
     captions_test.csv                    per subject and test image: reference, brain, baseline, control captions
+    long_answers_test.csv                the same for detailed descriptions and complex reasoning (long_answers.py)
     qa_test.csv                          per subject, method and question: truth, answer, correct
     concept_ablation.csv                 per (subject, image, concept): evidence before/after ablation
     losses.json                          training curves
@@ -42,10 +43,11 @@ from .evaluate import derangement, majority_chance, qa_accuracy, qa_items, run_q
 from .export import export_llava
 from .instructions import add_captions, build_instruction_data, load_captioner, load_generator, scene_objects
 from .llava import BrainLlava, llava_batches, train_llava_stage
+from .long_answers import LONG_TYPES, evaluate_long_answers
 from .tuning import LORA_TARGETS, trainable_summary
 
 __all__ = ["LanguageConfig", "run_language_stage", "checkpoint_dir", "load_lm", "caption_table",
-           "qa_table"]
+           "qa_table", "long_answer_table"]
 
 METHODS = ("brain_llava", "nn_caption", "shuffled_fmri")
 #: What the language stage uses of the foundation: CLIP ViT-L/14 (targets, concepts), SD's VAE (latent targets),
@@ -107,6 +109,9 @@ class LanguageConfig(StageConfig):
     gradient_checkpointing: bool = False
     caption_instruction: str = "Describe the image concisely."
     caption_tokens: int = 32
+    long_answer_types: list[str] = dataclasses.field(default_factory=lambda: list(LONG_TYPES))
+    long_answer_tokens: int = 96
+    long_answer_images: Optional[int] = None
     qa_tokens: int = 16
     meteor: bool = True
     caption_tokenizer: str = "ptb"
@@ -157,7 +162,7 @@ def load_lm(cfg, fm):
 def _check_cfg(cfg):
     from .instructions import RECORD_TYPES
 
-    for key in ("stage1_types", "stage2_types"):
+    for key in ("stage1_types", "stage2_types", "long_answer_types"):
         bad = [t for t in getattr(cfg, key) if t not in RECORD_TYPES]
         if bad:
             raise ConfigError(f"language config: {key} has unknown type(s) {bad}; expected {list(RECORD_TYPES)}")
@@ -169,6 +174,14 @@ def caption_table(frame):
     """Caption metrics as a (method × metric) table averaged over subjects (from ``metrics.csv`` rows)."""
     rows = frame[(frame.subject == "mean") & frame.metric.isin(METRICS)]
     return rows.pivot_table(index="method", columns="metric", values="value", dropna=False)[list(METRICS)]
+
+
+def long_answer_table(frame, metric="CIDEr"):
+    """One caption metric of the detailed and reasoning answers as a (method × type) table over subjects."""
+    names = {f"{t}_{metric}": t for t in LONG_TYPES}
+    rows = frame[(frame.subject == "mean") & frame.metric.isin(list(names))]
+    t = rows.pivot_table(index="method", columns="metric", values="value", dropna=False)
+    return t.rename(columns=names)
 
 
 def qa_table(frame):
@@ -419,7 +432,15 @@ def _run(cfg, fm, progress, log, acc):
         bank = (targets["clip"][train_rows], [store.annotations[int(i)]["captions"][0] for i in train_ids])
         with CaptionScorer(cfg.meteor, cfg.caption_tokenizer) as scorer:
             caps = _evaluate_captions(w, cfg, llava, store, eval_subjects, ridge, bank, scorer, log)
+            t_long = time.time()
+            long = evaluate_long_answers(
+                w, llava, lambda s: test_voxels(store, s), te, tr, ridge,
+                lambda ids: targets["clip"][np.searchsorted(targets["ids"], ids)], scorer, subjects=eval_subjects,
+                seed=cfg.seed, max_new_tokens=cfg.long_answer_tokens, types=cfg.long_answer_types,
+                max_images=cfg.long_answer_images)
+            timings["long_answers"] = time.time() - t_long
         caps.to_csv(w.path / "captions_test.csv", index=False)
+        long.to_csv(w.path / "long_answers_test.csv", index=False)
         qa = _evaluate_qa(w, cfg, llava, store, eval_subjects, train_ids)
         qa.to_csv(w.path / "qa_test.csv", index=False)
         timings["evaluation"] = time.time() - t

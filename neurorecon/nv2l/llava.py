@@ -277,17 +277,17 @@ class BrainLlava(nn.Module):
         return folder
 
     @classmethod
-    def from_pretrained(cls, folder, device="cpu", base_lm=None, dtype=None):
+    def from_pretrained(cls, folder, device="cpu", dtype=None, base_lm=None):
         """Load a folder written by :meth:`save_pretrained` onto ``device``; the encoder and projector in float32.
 
         Parameters
         ----------
         folder : str or Path
         device : str
-        base_lm : str or Path, optional
-            The base LM folder of a LoRA model (default: the one recorded at saving).
         dtype : str or torch.dtype, optional
             The LM's weights (a config name or torch dtype; default: as saved).
+        base_lm : str or Path, optional
+            The base LM folder of a LoRA model (default: the one recorded at saving).
         """
         from safetensors.torch import load_file
 

@@ -27,7 +27,8 @@ def base(tmp_path_factory):
     tok = train_bpe_tokenizer(DEFAULT_TEXTS + ["It is yellow."])
     lm = tiny_lm(len(tok))
     # A pretrained LM's (tied) embeddings are far from their init; a random one's (std 0.02 behind a unit RMSNorm)
-    # cap the logits near +-1.3 (pretrained Llamas reach tens), so no adapter could fit anything: give them a trained model's scale.
+    # cap the logits near +-1.3 (pretrained Llamas reach tens), so no adapter could fit anything: give them a
+    # trained model's scale.
     with torch.no_grad():
         lm.get_input_embeddings().weight.mul_(8)
     lm.save_pretrained(folder)

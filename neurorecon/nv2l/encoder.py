@@ -11,8 +11,8 @@ from ..errors import DataError
 from ..training import ArrayBatches, fit
 from .vit3d import ViT3D
 
-__all__ = ["TrialSet", "training_trials", "compute_targets", "streaming_moments", "image_means", "build_vit3d", "vit3d_loss", "train_vit3d",
-           "retrieval_top1", "latent_correlation", "evaluate_vit3d", "test_voxels"]
+__all__ = ["TrialSet", "training_trials", "compute_targets", "streaming_moments", "image_means", "build_vit3d",
+           "vit3d_loss", "train_vit3d", "retrieval_top1", "latent_correlation", "evaluate_vit3d", "test_voxels"]
 
 
 @dataclass

@@ -146,3 +146,25 @@ def test_an_lm_path_loads_in_the_foundation_dtype(base):
     cfg = SimpleNamespace(lm_path=str(base), lm_copy=True)
     lm, tok = load_lm(cfg, SimpleNamespace(extras={"dtype": "bfloat16"}))
     assert next(lm.parameters()).dtype == torch.bfloat16 and tok is not None
+
+
+def test_the_full_profile_lora_on_a_llama3_8b_shaped_model():
+    """The full profile's LoRA (r 64, every linear layer) on Llama-3-8B's shape, built on the meta device (no
+    memory): the numbers behind the memory estimate in configs/language.yaml."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from neurorecon.config import load_config
+    from neurorecon.nv2l.stage import LanguageConfig
+    from neurorecon.nv2l.tuning import apply_lora
+
+    cfg = load_config(LanguageConfig, "full")
+    shape = LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                        num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=False)
+    with torch.device("meta"):
+        lm = LlamaForCausalLM(shape).to(torch.bfloat16).requires_grad_(False)
+    lm = apply_lora(lm, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    s = trainable_summary(lm)
+    assert s["trainable_dtypes"] == ["float32"] and s["frozen_dtypes"] == ["bfloat16"]
+    assert s["frozen"] == 8_030_261_248 and s["trainable"] == 167_772_160
+    frozen_gb, lora_gb = s["frozen"] * 2 / 1e9, s["trainable"] * 16 / 1e9  # fp32 weight, grad, 2 AdamW moments
+    assert 16.0 < frozen_gb < 16.1 and 2.6 < lora_gb < 2.7

@@ -19,6 +19,7 @@ Artifacts (``$NEURORECON_HOME/artifacts/<profile>/language/``)::
 import copy
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Optional

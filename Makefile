@@ -13,7 +13,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.neurorecon-installed-$(if $(filter 1,$(LOCK)),lock-$(TORCH),ranges)
 
-.PHONY: reproduce test test-gpu test-browser bench venv clean-home
+.PHONY: reproduce seeds test test-gpu test-browser bench venv clean-home
 
 venv: $(STAMP)
 
@@ -33,6 +33,11 @@ endif
 ## Run the numbered notebooks in order (PROFILE=demo|smoke|full; CONFIG=your run config YAML); completed stages are skipped.
 reproduce: $(STAMP)
 	$(PY) -m neurorecon.cli reproduce --profile $(PROFILE) $(if $(CONFIG),--config $(abspath $(CONFIG)))
+
+## The demo chain for several simulator seeds (SEEDS=0,1,2), then the spread of its findings (benchmarks/seeds_*).
+SEEDS ?= 0,1,2
+seeds: $(STAMP)
+	$(PY) -m neurorecon.cli seeds --profile $(PROFILE) --seeds $(SEEDS) $(if $(CONFIG),--config $(abspath $(CONFIG)))
 
 ## pytest on the package, then every notebook under nbval in the smoke profile, in a temporary home.
 test: $(STAMP)

@@ -126,6 +126,20 @@ def _cmd_reproduce(args):
     return reproduce(args.profile, start=args.start, force=args.force, config_file=args.config)
 
 
+def _cmd_seeds(args):
+    from . import paths
+    from .seeds import aggregate, run_seeds, write_report
+
+    seeds = _ints(args.seeds)
+    homes = run_seeds(seeds, args.profile, root=args.root, config_file=args.config)
+    metrics, orderings = aggregate(homes, args.profile)
+    command = f"neurorecon seeds --profile {args.profile} --seeds {args.seeds}"
+    out = write_report(metrics, orderings, args.out or (paths.repo_root() or paths.home()) / "benchmarks",
+                       args.profile, command)
+    for name, path in out.items():
+        print(f"{name}: {path}")
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="neurorecon", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -204,6 +218,14 @@ def build_parser():
     s.add_argument("--force", action="store_true", help="rerun stages that are already complete")
     s.add_argument("--config", help="your run config: one YAML for every stage (see docs/run_config.full.yaml)")
     s.set_defaults(func=_cmd_reproduce)
+
+    s = sub.add_parser("seeds", help="the chain for several simulator seeds, then the spread of its findings")
+    s.add_argument("--seeds", required=True, help="e.g. 0,1,2")
+    s.add_argument("--profile", choices=["smoke", "demo"], default="demo")
+    s.add_argument("--config", help="a run config applied to every seed (its data.sim_seed is set per seed)")
+    s.add_argument("--root", help="where the seeds' homes go (default $NEURORECON_HOME/seeds/<profile>)")
+    s.add_argument("--out", help="folder of the CSV tables (default benchmarks/)")
+    s.set_defaults(func=_cmd_seeds)
 
     from .evaluation.cli import add_evaluate_parser
 

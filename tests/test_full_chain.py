@@ -13,10 +13,10 @@ from neurorecon import paths, runner
 from neurorecon.artifacts import STAGE_NOTEBOOKS, is_complete, read_metrics
 from neurorecon.config import STAGE_CONFIGS, config_class, load_config
 from neurorecon.foundation.load import PATHS_FILE
+from neurorecon.seeds import _seed_config, aggregate, seed_home, summarise
 from neurorecon.simulate import simulate
 from tiny_weights import write_weights
 
-pytestmark = pytest.mark.slow
 
 #: Keys a run config must not copy from the smoke profile (they locate data or choose the code path).
 _PROFILE_KEYS = {"nsd_root", "simulate", "manifest", "coco_root", "flatmap", "device", "dtype", "sd_path",
@@ -38,6 +38,7 @@ def tiny_full_run_config(tmp_path, nsd_root, weight_paths, dtype="float16"):
     return out
 
 
+@pytest.mark.slow
 def test_full_profile_chain_through_one_run_config(tmp_path, capsys):
     nsd = simulate(tmp_path / "nsd", profile="smoke", seed=0, progress=False)
     weights = write_weights(tmp_path / "weights")
@@ -55,3 +56,18 @@ def test_full_profile_chain_through_one_run_config(tmp_path, capsys):
     assert rec.value.notna().any()
     out = capsys.readouterr().out
     assert "[done] 08_paper_figures.ipynb" in out
+    # make seeds' tables, here over this one chain: every headline number and ordering is read from the stages
+    metrics, orderings = aggregate({0: paths.home()}, "full")
+    assert {"reconstruction", "language"} == set(metrics.source) and metrics.value.notna().any()
+    assert {"NV2L > ridge", "brain captions > nearest-neighbour captions"} <= set(orderings.claim)
+    summary, holds = summarise(metrics, orderings)
+    assert (summary.n_seeds == 1).all() and (summary["mean"] == summary["min"]).all()
+    assert set(holds.k_of_n) <= {"0 of 1", "1 of 1"}
+
+
+def test_seed_run_config_sets_the_simulator_seed_on_top_of_the_users(tmp_path):
+    user = tmp_path / "mine.yaml"
+    user.write_text("shared:\n  device: cpu\ndata:\n  betas_format: nifti\n")
+    run = yaml.safe_load(_seed_config(seed_home("demo", 3, tmp_path), 3, user).read_text())
+    assert run == {"shared": {"device": "cpu"}, "data": {"betas_format": "nifti", "sim_seed": 3}}
+    assert seed_home("demo", 3, tmp_path) == tmp_path / "seed3"

@@ -1,0 +1,187 @@
+"""``make seeds``: the demo chain for several NSD-mini simulator seeds, and the spread of its findings.
+
+Each seed runs the whole chain (:func:`neurorecon.runner.reproduce`) in its own home,
+``$NEURORECON_HOME/seeds/<profile>/seed<k>/``, with a run config that sets the data stage's ``sim_seed`` (on top of
+the user's run config, if one is given). Complete stages are reused, so an interrupted run resumes where it
+stopped. Then :func:`aggregate` reads every seed's stages and returns
+
+- ``metrics``: the headline numbers (two-way identification in the demo-CLIP space, PixCorr and SSIM of every
+  reconstruction method and its shuffled control, brief-caption CIDEr of the brain LLaVA, the nearest-neighbour
+  baseline and shuffled fMRI, QA accuracy, ViT3D retrieval), one row per (metric, seed);
+- ``orderings``: each paper's ordering per seed: on how many of the evaluated subjects it holds.
+
+:func:`summarise` turns them into the tables the README quotes: mean, sd, min and max over seeds, and "holds on k
+of n seeds" (on every subject of a seed). The recipes were tuned on seed 0: report the other seeds.
+"""
+
+import contextlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from . import paths
+
+__all__ = ["seed_home", "run_seeds", "aggregate", "summarise", "write_report"]
+
+
+def seed_home(profile, seed, root=None):
+    """The home of one seed's chain."""
+    return Path(root or paths.home() / "seeds" / profile) / f"seed{int(seed)}"
+
+
+@contextlib.contextmanager
+def _home(home):
+    keys = ("NEURORECON_HOME", "NEURORECON_FIGURES")
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ["NEURORECON_HOME"] = str(home)
+    os.environ["NEURORECON_FIGURES"] = str(Path(home) / "figures")  # a seed never overwrites figures/
+    try:
+        yield Path(home)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _seed_config(home, seed, config_file=None):
+    from .config import _read_yaml, is_run_config
+    from .errors import ConfigError
+
+    run = {}
+    if config_file:
+        run = _read_yaml(config_file)
+        if run and not is_run_config(run):
+            raise ConfigError(f"{config_file}: make seeds needs a run config (a 'shared' section and stage sections)")
+    run.setdefault("data", {})["sim_seed"] = int(seed)
+    out = Path(home) / "run_config.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(run, sort_keys=False))
+    return out
+
+
+def run_seeds(seeds, profile="demo", root=None, config_file=None, log=print):
+    """Run the chain for every seed (resuming complete stages); returns ``{seed: home}``, or raises at the first
+    seed whose chain fails (its executed notebooks are kept in that seed's home)."""
+    from .errors import NeuroreconError
+    from .runner import reproduce
+
+    homes = {}
+    for k, seed in enumerate(seeds, 1):
+        home = seed_home(profile, seed, root)
+        log(f"[seed {seed}: {k} of {len(seeds)}] chain in {home}")
+        with _home(home):
+            code = reproduce(profile, config_file=_seed_config(home, seed, config_file), log=log)
+        if code:
+            raise NeuroreconError(f"seed {seed}: the chain failed (executed notebooks in {home / 'executed'}); "
+                                  f"fix it and rerun: complete stages and seeds are reused")
+        homes[int(seed)] = home
+    return homes
+
+
+def _recon_rows(seed, results, sweeps, beta):
+    from .evaluation.report import image_table, ordering_checks
+
+    metrics, orderings = [], []
+    table = image_table(results, "averaged")
+    for method in table.index:
+        for metric in table.columns:
+            metrics.append(dict(seed=seed, source="reconstruction", method=method, metric=metric,
+                                value=float(table.loc[method, metric])))
+    checks = ordering_checks(results, sweeps, beta=beta)
+    for (claim, metric), g in checks.groupby(["claim", "metric"], sort=False):
+        orderings.append(dict(seed=seed, claim=claim, metric=metric, subjects=len(g), holds_on=int(g.holds.sum())))
+    return metrics, orderings
+
+
+def _language_rows(seed, lang):
+    metrics, orderings = [], []
+    mean = lang[lang.subject == "mean"]
+    keep = mean[mean.metric.isin(["CIDEr", "BLEU-4", "qa_color", "qa_shape", "qa_count"])]
+    for r in keep.itertuples(index=False):
+        metrics.append(dict(seed=seed, source="language", method=r.method, metric=r.metric, value=float(r.value)))
+    top1 = lang[(lang.method == "vit3d") & (lang.metric == "top1_brain2image")]
+    if len(top1):
+        metrics.append(dict(seed=seed, source="language", method="vit3d", metric="top1_brain2image",
+                            value=float(top1.value.mean())))
+    per = lang[(lang.metric == "CIDEr") & (lang.subject != "mean")].pivot_table(
+        index="subject", columns="method", values="value")
+    for claim, a, b in (("brain captions > nearest-neighbour captions", "brain_llava", "nn_caption"),
+                        ("brain captions > shuffled-fMRI captions", "brain_llava", "shuffled_fmri")):
+        if {a, b} <= set(per.columns):
+            orderings.append(dict(seed=seed, claim=claim, metric="CIDEr", subjects=len(per),
+                                  holds_on=int((per[a] > per[b]).sum())))
+    return metrics, orderings
+
+
+def aggregate(homes, profile="demo"):
+    """``(metrics, orderings)`` DataFrames over the seeds' homes (``{seed: home}``), see the module docstring."""
+    from .artifacts import read_metrics, require_stage
+    from .evaluation.stage import load_results
+
+    metrics, orderings = [], []
+    for seed, home in sorted(homes.items()):
+        with _home(home):
+            res = load_results(profile)
+            beta = yaml.safe_load((res["folder"] / "config.yaml").read_text())["nv2l_beta"]  # as the stage ran
+            m, o = _recon_rows(seed, res["results"], res["sweeps"], beta)
+            m2, o2 = _language_rows(seed, read_metrics(require_stage("language", profile)))
+        metrics += m + m2
+        orderings += o + o2
+    return pd.DataFrame(metrics), pd.DataFrame(orderings)
+
+
+def summarise(metrics, orderings):
+    """Mean, sd, min, max and n over seeds per headline metric; per ordering the seeds on which it holds on every
+    subject (``k_of_n``) and the share of (seed, subject) cases."""
+    g = metrics.groupby(["source", "method", "metric"], sort=False).value
+    table = pd.DataFrame({"mean": g.mean(), "sd": g.std(ddof=1), "min": g.min(), "max": g.max(),
+                          "n_seeds": g.count()}).reset_index()
+    o = orderings.assign(all_subjects=orderings.holds_on == orderings.subjects)
+    h = o.groupby(["claim", "metric"], sort=False)
+    holds = pd.DataFrame({"seeds_holding": h.all_subjects.sum().astype(int), "n_seeds": h.seed.nunique(),
+                          "subject_cases_holding": h.holds_on.sum() / h.subjects.sum()}).reset_index()
+    holds["k_of_n"] = holds.seeds_holding.astype(str) + " of " + holds.n_seeds.astype(str)
+    return table, holds
+
+
+def write_report(metrics, orderings, out_dir, profile="demo", command=""):
+    """Write ``seeds_<profile>_metrics.csv``, ``seeds_<profile>_orderings.csv`` (per seed), their summaries and a
+    figure (the headline two-way identification per method and seed); returns the written paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .plotting import savefig
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table, holds = summarise(metrics, orderings)
+    written = {}
+    for name, df in (("metrics", metrics), ("orderings", orderings), ("summary", table), ("holds", holds)):
+        path = out_dir / f"seeds_{profile}_{name}.csv"
+        with open(path, "w") as fh:
+            if command:
+                fh.write(f"# {command}\n")
+            df.to_csv(fh, index=False)
+        written[name] = path
+    key = "CLIP" if (metrics.metric == "CLIP").any() else "demo-CLIP"
+    two_way = metrics[(metrics.source == "reconstruction") & (metrics.metric == key)]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    methods = list(dict.fromkeys(two_way.method))
+    for i, method in enumerate(methods):
+        v = two_way[two_way.method == method].value.to_numpy()
+        ax.scatter(np.full(len(v), i), v, s=18, color="C0" if "shuffled" not in method else "0.6")
+        ax.hlines(v.mean(), i - 0.3, i + 0.3, color="k")
+    ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right", fontsize=7)
+    ax.axhline(0.5, color="0.8", lw=0.8, ls="--")
+    ax.set_ylabel(f"two-way ({key})")
+    ax.set_title(f"{profile}: {two_way.seed.nunique()} simulator seeds (dots), mean (bar)", fontsize=9)
+    written["figure"] = paths.figures_dir(profile) / f"seeds_{profile}.png"
+    savefig(fig, written["figure"], close=True)
+    return written

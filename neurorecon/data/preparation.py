@@ -42,9 +42,12 @@ def _nsdgeneral(layout, subject):
     return mask, affine, path
 
 
-def session_plan(layout, design, subject, shape, roi_path):
-    """Check a subject's session files and return ``[(session, path, n_trials, first_global_trial)]``."""
+def session_plan(layout, design, subject, shape, roi_path, max_sessions=None):
+    """Check a subject's session files and return ``[(session, path, n_trials, first_global_trial)]`` (only the
+    first ``max_sessions`` sessions when given)."""
     sessions = layout.sessions(subject)
+    if max_sessions is not None:
+        sessions = {ses: p for ses, p in sessions.items() if ses <= max_sessions}
     if not sessions:
         raise DataError(layout.betas_dir(subject), "betas_sessionNN.hdf5 or betas_sessionNN.nii.gz files",
                         "none")
@@ -93,10 +96,10 @@ def _roi_columns(layout, subject, ijk, shape):
     return rois
 
 
-def _prepare_subject(layout, design, subject, folder, common, flatmap, progress):
+def _prepare_subject(layout, design, subject, folder, common, flatmap, progress, max_sessions=None):
     mask, affine, roi_path = _nsdgeneral(layout, subject)
     ijk = np.argwhere(mask)
-    plan = session_plan(layout, design, subject, mask.shape, roi_path)
+    plan = session_plan(layout, design, subject, mask.shape, roi_path, max_sessions)
     n_total = sum(p[2] for p in plan)
     ids = design.trial_image_ids(subject, n_total)
     is_test = design.is_test(ids)
@@ -299,7 +302,8 @@ def _write_annotations(layout, ids, size, out):
     (out / "annotations.json").write_text(json.dumps(ann))
 
 
-def prepare(nsd_root, out, subjects=None, coco_root=None, flatmap=None, image_size=None, progress=True):
+def prepare(nsd_root, out, subjects=None, coco_root=None, flatmap=None, image_size=None, progress=True,
+            max_sessions=None):
     """Prepare raw NSD (or NSD-mini) into the store every later stage reads.
 
     Parameters
@@ -318,6 +322,9 @@ def prepare(nsd_root, out, subjects=None, coco_root=None, flatmap=None, image_si
         Side of the stored images (default: the stimuli's own size).
     progress : bool
         Show tqdm progress bars.
+    max_sessions : int, optional
+        Prepare only each subject's first ``max_sessions`` sessions (a quick first pass over real NSD, or the dry
+        run's tree whose later sessions hold no data); default every session present.
 
     Returns
     -------
@@ -346,7 +353,8 @@ def prepare(nsd_root, out, subjects=None, coco_root=None, flatmap=None, image_si
             save_flatmap(fm, tmp / "flatmap.npz")
         train_ids, test_ids, infos = [], [], {}
         for s in tqdm(subjects, desc="subjects", disable=not progress):
-            tr, te, info = _prepare_subject(layout, design, s, tmp / f"subj{s:02d}", common, fm, progress)
+            tr, te, info = _prepare_subject(layout, design, s, tmp / f"subj{s:02d}", common, fm, progress,
+                                            max_sessions)
             train_ids.append(tr)
             test_ids.append(te)
             infos[s] = info
@@ -361,7 +369,8 @@ def prepare(nsd_root, out, subjects=None, coco_root=None, flatmap=None, image_si
         _write_annotations(layout, ids, size, tmp)  # raises on missing COCO files: never empty captions
         meta = dict(format_version=FORMAT_VERSION, subjects=subjects, nsd_root=str(layout.root),
                     coco_root=str(layout.coco_root), coco_annotations=True, flatmap=str(fm_path) if fm_path else None,
-                    flat_shape=list(fm.shape) if fm else None, image_size=size, n_images=int(len(ids)),
+                    flat_shape=list(fm.shape) if fm else None, image_size=size, max_sessions=max_sessions,
+                    n_images=int(len(ids)),
                     n_test_images=int(len(all_test)), common_shape=list(common["shape"]),
                     n_common_voxels=int(len(common["union_ijk"])), seconds=round(time.time() - t0, 2),
                     normalisation="z-score per voxel within each session using that session's training trials "

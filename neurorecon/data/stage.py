@@ -43,6 +43,7 @@ class DataConfig(StageConfig):
     manifest: Optional[str] = None
     layout: str = "nsd"
     trust_pickle: bool = False
+    max_sessions: Optional[int] = None
 
 
 def resolve_nsd_root(cfg):
@@ -116,6 +117,9 @@ def run_data_stage(cfg, force=False, progress=True):
         return store_path(cfg.profile)
     if cfg.layout == "neuropictor":
         return _run_neuropictor_layout(cfg, progress)
+    if cfg.max_sessions is not None and cfg.max_sessions < 1:
+        raise ConfigError(f"data config (profile {cfg.profile}): max_sessions must be null or >= 1, "
+                          f"found {cfg.max_sessions}")
     root = resolve_nsd_root(cfg)
     if cfg.simulate and not cfg.nsd_root:
         _ensure_simulated(cfg, root, progress)
@@ -126,7 +130,8 @@ def run_data_stage(cfg, force=False, progress=True):
     t0 = time.time()
     with StageWriter(cfg) as w:
         store = prepare(root, w.path / "store", subjects=cfg.subjects, coco_root=cfg.coco_root,
-                        flatmap=cfg.flatmap, image_size=cfg.image_size, progress=progress)
+                        flatmap=cfg.flatmap, image_size=cfg.image_size, progress=progress,
+                        max_sessions=cfg.max_sessions)
         w.add_metric("prepare", "all", "all", "seconds", time.time() - t0)
         st = open_store(store)
         w.add_metric("prepare", "all", "all", "n_images", st.meta["n_images"])

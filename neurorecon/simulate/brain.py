@@ -301,20 +301,24 @@ def _labels(u, v):
     return prf, streams
 
 
-def make_anatomy(cfg, rng):
+def make_anatomy(cfg, rng, shape=None):
     """Draw one subject's volume, brain mask, nsdgeneral slab, sheet coordinates and ROI labels.
 
     Parameters
     ----------
     cfg : SimConfig
     rng : numpy.random.Generator
+    shape : tuple of int, optional
+        The (X, Y, Z) volume; default ``cfg.volume_shape`` with a random change of up to ``cfg.volume_jitter``.
 
     Returns
     -------
     Anatomy
     """
     j = cfg.volume_jitter
-    shape = tuple(int(s + rng.integers(-j, j + 1)) for s in cfg.volume_shape)
+    if shape is None:
+        shape = tuple(int(s + rng.integers(-j, j + 1)) for s in cfg.volume_shape)
+    shape = tuple(int(s) for s in shape)
     axes = [(np.arange(s) - (s - 1) / 2) / ((s - 1) / 2) for s in shape]
     xn, yn, zn = np.meshgrid(*axes, indexing="ij")
     radii = rng.uniform(0.86, 0.96, 3)
@@ -370,7 +374,10 @@ def make_surface(n_vertices, size, rng):
 
     Each hemisphere fills one half of the flat map inside an elliptical cortex mask; u runs away from the
     middle seam (V1 medial), v from top (dorsal) to bottom (ventral). Vertices sit (jittered by at most 0.2 px)
-    on a random subset of mask pixels, so every vertex is the nearest vertex of at least its own pixel.
+    on a random subset of mask pixels, so every vertex is the nearest vertex of at least its own pixel. With more
+    vertices than mask pixels (fsaverage's 163,842 on a 256 px map), one vertex sits on every mask pixel and the
+    rest lie off the map (cortex the map does not show, at random sheet positions), the map's vertices scattered
+    over the hemisphere's vertex ids as on a real surface.
 
     Parameters
     ----------
@@ -392,20 +399,26 @@ def make_surface(n_vertices, size, rng):
     a, b = (cols + 0.5) / half, (rows + 0.5) / H
     mask = ((a - 0.5) / 0.48) ** 2 + ((b - 0.5) / 0.48) ** 2 <= 1
     mr, mc = rows[mask], cols[mask]
-    if n_vertices > mask.sum():
-        raise ValueError(f"n_vertices={n_vertices} exceeds the {mask.sum()} mask pixels of a hemisphere's flat "
-                         f"map ({size}x{size}); raise flatmap_size")
+    n_on = min(n_vertices, len(mr))
     us, vs, pixel, hemis, vertex = [], [], [], [], []
     for h in (0, 1):
-        pick = rng.choice(len(mr), n_vertices, replace=False)
-        pr = mr[pick] + rng.uniform(-0.2, 0.2, n_vertices)
-        pc = mc[pick] + rng.uniform(-0.2, 0.2, n_vertices)
+        pick = rng.choice(len(mr), n_on, replace=False)
+        pr = mr[pick] + rng.uniform(-0.2, 0.2, n_on)
+        pc = mc[pick] + rng.uniform(-0.2, 0.2, n_on)
         a_v = ((pc + 0.5) / half - 0.02) / 0.96
-        us.append(np.clip(1 - a_v if h == 0 else a_v, 0, 1))  # lh on the left half: seam at its right edge
-        vs.append(np.clip(((pr + 0.5) / H - 0.02) / 0.96, 0, 1))
+        u = np.clip(1 - a_v if h == 0 else a_v, 0, 1)  # lh on the left half: seam at its right edge
+        v = np.clip(((pr + 0.5) / H - 0.02) / 0.96, 0, 1)
         _, nearest = cKDTree(np.stack([pr, pc], 1)).query(np.stack([mr, mc], 1).astype(float))
+        nearest = nearest.astype(np.int64)
+        if n_vertices > n_on:
+            ids = rng.permutation(n_vertices)
+            uu, vv = rng.uniform(0, 1, n_vertices), rng.uniform(0, 1, n_vertices)
+            uu[ids[:n_on]], vv[ids[:n_on]] = u, v
+            u, v, nearest = uu, vv, ids[:n_on][nearest]
+        us.append(u)
+        vs.append(v)
         pixel.append(mr * W + mc + h * half)
         hemis.append(np.full(len(mr), h, np.int8))
-        vertex.append(nearest.astype(np.int64))
+        vertex.append(nearest)
     return SurfaceLayout(u=us, v=vs, shape=(H, W), pixel=np.concatenate(pixel).astype(np.int64),
                          hemi=np.concatenate(hemis), vertex=np.concatenate(vertex))

@@ -1,6 +1,7 @@
 """The simulator's config (``neurorecon/configs/simulate.yaml``)."""
 
 import dataclasses
+from typing import Optional
 
 from ..config import StageConfig
 from ..errors import ConfigError
@@ -56,6 +57,17 @@ class SimConfig(StageConfig):
         feature vectors passed through the voxel's tuning (trial-to-trial fluctuations of the represented content).
     drift_offset, drift_gain : float
         Per-session voxel offset (psc) and gain change (relative) standard deviations.
+    volume_shapes : tuple of (X, Y, Z), optional
+        Exact volume of each subject 1..8 (8 triples, e.g. NSD's func1pt8mm grids), instead of ``volume_shape``
+        with jitter.
+    simulated_sessions : int, optional
+        Sessions per subject written with content (volume and surface betas); the later sessions up to
+        ``sessions`` are HDF5 files of the right shape that hold no data (every value reads as 0), so a tree
+        with the real number of session files fits on disk. Null: every session.
+    simulated_trials : int, optional
+        Trials per subject (the first ones, in trial order) that get simulated betas and a rendered image; the
+        other trials of the simulated sessions read as 0 and their images are black (their scenes and captions
+        are still written). Null: every trial.
     """
 
     STAGE = "simulate"
@@ -85,6 +97,9 @@ class SimConfig(StageConfig):
     feature_noise: float = 0.35
     drift_offset: float = 0.3
     drift_gain: float = 0.08
+    volume_shapes: Optional[tuple[tuple[int, int, int], ...]] = None
+    simulated_sessions: Optional[int] = None
+    simulated_trials: Optional[int] = None
 
     @property
     def n_images(self):
@@ -110,4 +125,13 @@ class SimConfig(StageConfig):
             raise ConfigError("simulate config: image_size must be a multiple of feature_grid and flatmap_size even")
         if not (0 <= self.smooth_noise and 0 <= self.feature_noise and self.smooth_noise + self.feature_noise < 1):
             raise ConfigError("simulate config: smooth_noise and feature_noise must be >= 0 with a sum below 1")
+        if self.volume_shapes is not None and len(self.volume_shapes) != N_SUBJECTS:
+            raise ConfigError(f"simulate config: volume_shapes must hold {N_SUBJECTS} (X, Y, Z) triples, found "
+                              f"{len(self.volume_shapes)}")
+        for key in ("simulated_sessions", "simulated_trials"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(f"simulate config: {key} must be null or >= 1, found {getattr(self, key)}")
+        if self.simulated_trials and self.simulated_trials > (self.simulated_sessions or max(self.sessions)) * \
+                self.trials_per_session:
+            raise ConfigError("simulate config: simulated_trials exceeds the trials of the simulated sessions")
         return self

@@ -64,6 +64,38 @@ def _polygon_area(p):
     return 0.5 * abs(x[:-1] @ y[1:] - y[:-1] @ x[1:] + x[-1] * y[0] - y[-1] * x[0])
 
 
+def _add_annotations(part, coco_id, scene, captions, polygons, S, counts):
+    """Append one image's COCO image entry, captions and (when drawn) instances; ``counts`` = [captions, instances]."""
+    part["images"].append(dict(id=coco_id, file_name=f"{coco_id:012d}.jpg", width=S, height=S,
+                               background=scene["background"]))
+    for text in captions:
+        counts[0] += 1
+        part["captions"].append(dict(id=counts[0], image_id=coco_id, caption=text))
+    for obj, polys in zip(scene["objects"], polygons or []):
+        pts = np.concatenate(polys)
+        x0, y0 = np.clip(pts.min(0), 0, S)
+        x1, y1 = np.clip(pts.max(0), 0, S)
+        area = sum(_polygon_area(p) for p in polys)  # parts barely overlap
+        counts[1] += 1
+        part["instances"].append(dict(
+            id=counts[1], image_id=coco_id, category_id=scenes.CATEGORY_IDS[obj["category"]],
+            bbox=[round(float(x0), 2), round(float(y0), 2), round(float(x1 - x0), 2), round(float(y1 - y0), 2)],
+            area=round(float(area), 2), iscrowd=0,
+            segmentation=[[round(float(c), 2) for c in p.ravel()] for p in polys],
+            attributes=dict(color=obj["color"], size=obj["size"], shape=scenes.CATEGORY_SHAPES[obj["category"]],
+                            position=obj["position"])))
+
+
+def _write_coco(stim, coco):
+    info = dict(description="NSD-mini simulated scenes (neurorecon.simulate)", version="1.0")
+    for s, part in coco.items():
+        for kind in ("captions", "instances"):
+            doc = dict(info=info, images=part["images"], annotations=part[kind])
+            if kind == "instances":
+                doc["categories"] = scenes.coco_categories()
+            (stim / f"annotations/{kind}_{s}.json").write_text(json.dumps(doc))
+
+
 def _render_stimuli(cfg, design, seed, root, bar):
     """Draw every image, write the brick and the COCO annotations; return the scenes and the image features."""
     n = design.n_total
@@ -72,32 +104,14 @@ def _render_stimuli(cfg, design, seed, root, bar):
     split = design.coco_split
     coco = {s: dict(images=[], captions=[], instances=[]) for s in ("train2017", "val2017")}
     all_scenes = []
-    n_cap = n_inst = 0
+    counts = [0, 0]
     for i in range(n):
         rng = _rng(seed, 2, i)
         scene = scenes.sample_scene(rng)
         brick[i], polygons = scenes.render_scene(scene, S, rng, cfg.supersample)
         all_scenes.append(scene)
-        coco_id = 100000 + i + 1
-        part = coco[split[i]]
-        part["images"].append(dict(id=coco_id, file_name=f"{coco_id:012d}.jpg", width=S, height=S,
-                                   background=scene["background"]))
-        for text in scenes.scene_captions(scene, rng):
-            n_cap += 1
-            part["captions"].append(dict(id=n_cap, image_id=coco_id, caption=text))
-        for obj, polys in zip(scene["objects"], polygons):
-            pts = np.concatenate(polys)
-            x0, y0 = np.clip(pts.min(0), 0, S)
-            x1, y1 = np.clip(pts.max(0), 0, S)
-            area = sum(_polygon_area(p) for p in polys)  # parts barely overlap
-            n_inst += 1
-            part["instances"].append(dict(
-                id=n_inst, image_id=coco_id, category_id=scenes.CATEGORY_IDS[obj["category"]],
-                bbox=[round(float(x0), 2), round(float(y0), 2), round(float(x1 - x0), 2), round(float(y1 - y0), 2)],
-                area=round(float(area), 2), iscrowd=0,
-                segmentation=[[round(float(c), 2) for c in p.ravel()] for p in polys],
-                attributes=dict(color=obj["color"], size=obj["size"], shape=scenes.CATEGORY_SHAPES[obj["category"]],
-                                position=obj["position"])))
+        _add_annotations(coco[split[i]], 100000 + i + 1, scene, scenes.scene_captions(scene, rng), polygons, S,
+                         counts)
         if i % 256 == 255:
             bar.set_postfix_str(f"image {i + 1}/{n}")
     stim = root / "nsddata_stimuli/stimuli/nsd"
@@ -105,15 +119,45 @@ def _render_stimuli(cfg, design, seed, root, bar):
     with h5py.File(stim / "nsd_stimuli.hdf5", "w") as f:
         f.create_dataset("imgBrick", data=brick, chunks=(1, S, S, 3), compression="gzip", compression_opts=1,
                          track_times=False)
-    info = dict(description="NSD-mini simulated scenes (neurorecon.simulate)", version="1.0")
-    for s, part in coco.items():
-        for kind in ("captions", "instances"):
-            doc = dict(info=info, images=part["images"], annotations=part[kind])
-            if kind == "instances":
-                doc["categories"] = scenes.coco_categories()
-            (stim / f"annotations/{kind}_{s}.json").write_text(json.dumps(doc))
+    _write_coco(stim, coco)
     feats = brain.scene_features(all_scenes)
     feats["low"] = brain.image_features(brick, cfg.feature_grid)
+    return feats
+
+
+def _render_sparse(cfg, design, seed, root, bar, shown, rendered):
+    """Like :func:`_render_stimuli` for a tree with simulated_trials/sessions: the brick has every image id but
+    only ``rendered`` ids are drawn (the rest stay unwritten: black); scenes and captions for every ``shown`` id.
+    Features are those of the drawn images (0 elsewhere)."""
+    n, S = design.n_total, cfg.image_size
+    split = design.coco_split
+    coco = {s: dict(images=[], captions=[], instances=[]) for s in ("train2017", "val2017")}
+    drawn, lows, counts = [], [], [0, 0]
+    stim = root / "nsddata_stimuli/stimuli/nsd"
+    (stim / "annotations").mkdir(parents=True)
+    rendered = set(int(i) for i in rendered)
+    with h5py.File(stim / "nsd_stimuli.hdf5", "w") as f:
+        ds = f.create_dataset("imgBrick", shape=(n, S, S, 3), dtype=np.uint8, chunks=(1, S, S, 3),
+                              compression="gzip", compression_opts=1, track_times=False)
+        for i in np.unique(np.asarray(list(shown), np.int64)):
+            rng = _rng(seed, 2, int(i))
+            scene = scenes.sample_scene(rng)
+            polygons = None
+            if int(i) in rendered:
+                image, polygons = scenes.render_scene(scene, S, rng, cfg.supersample)
+                ds[int(i)] = image
+                drawn.append((int(i), scene))
+                lows.append(brain.image_features(image[None], cfg.feature_grid))
+            _add_annotations(coco[split[i]], 100000 + int(i) + 1, scene, scenes.scene_captions(scene, rng),
+                             polygons, S, counts)
+    _write_coco(stim, coco)
+    ids = np.array([i for i, _ in drawn], np.int64)
+    part = brain.scene_features([sc for _, sc in drawn])
+    part["low"] = np.concatenate(lows)
+    feats = {}
+    for key, arr in part.items():
+        feats[key] = np.zeros((n, *arr.shape[1:]), arr.dtype)
+        feats[key][ids] = arr
     return feats
 
 
@@ -182,17 +226,40 @@ def _write_volume_session(betas, path, betas_format):
         _save_nifti(np.ascontiguousarray(data.transpose(1, 2, 3, 0)), path.with_suffix(".nii.gz"))
 
 
+def _write_sparse_session(betas, path, n_trials, shape):
+    """A (n_trials, Z, Y, X) int16 HDF5 session of which only the first ``len(betas)`` trials are written (the
+    rest, never allocated, read as 0); ``betas`` is (k, X, Y, Z) psc or None for a session without data."""
+    X, Y, Z = shape
+    with h5py.File(path.with_suffix(".hdf5"), "w") as f:
+        ds = f.create_dataset("betas", shape=(n_trials, Z, Y, X), dtype=np.int16, chunks=(n_trials, 1, Y, X),
+                              compression="gzip", compression_opts=1, track_times=False)
+        if betas is not None and len(betas):
+            data = np.clip(np.rint(betas * 300), -32768, 32767).astype(np.int16)
+            ds[: len(data)] = data.transpose(0, 3, 2, 1)
+
+
+def _simulated_counts(cfg, s):
+    """(sessions with content, simulated trials) of subject ``s``."""
+    n_ses = min(cfg.sessions[s - 1], cfg.simulated_sessions or cfg.sessions[s - 1])
+    return n_ses, min(cfg.simulated_trials or n_ses * cfg.trials_per_session, n_ses * cfg.trials_per_session)
+
+
 def _simulate_subject(cfg, seed, s, design, feats, layout, root, betas_format, bar):
     """Anatomy, ROIs, volume and surface betas and resting maps of subject ``s``; returns its truth record."""
     rng = _rng(seed, 3, s)
-    anat = brain.make_anatomy(cfg, rng)
+    anat = brain.make_anatomy(cfg, rng, cfg.volume_shapes[s - 1] if cfg.volume_shapes else None)
     gain = float(rng.uniform(0.85, 1.15))
     noise_factor = float(rng.uniform(*cfg.subject_noise))
     tuning = brain.Tuning(seed, cfg.feature_grid, subject=s)
     func = root / f"nsddata/ppdata/subj{s:02d}/func1pt8mm"
     _write_rois(anat, func)
 
+    sparse = bool(cfg.simulated_sessions or cfg.simulated_trials)
+    n_content, n_sim = _simulated_counts(cfg, s)
+    ids = design.trial_ids(s)
     own = design.subjectim[s - 1] - 1  # 0-based ids of the subject's images
+    if sparse:  # only the images of simulated trials need a signal model
+        own = np.unique(ids[:n_sim])
     sub_feats = {k: f[own] for k, f in feats.items()}
     sig, evoked, noise_sd, amp = _signal_model(cfg, tuning, sub_feats, anat.u, anat.v, anat.hemi, gain,
                                                noise_factor, rng)
@@ -220,9 +287,16 @@ def _simulate_subject(cfg, seed, s, design, feats, layout, root, betas_format, b
     _save_nifti(ncsnr, bdir / "ncsnr.nii.gz")
     column = {img: c for c, img in enumerate(own)}
     tps = cfg.trials_per_session
-    ids = design.trial_ids(s)
     for ses in range(cfg.sessions[s - 1]):
-        cols = np.array([column[i] for i in ids[ses * tps:(ses + 1) * tps]])
+        if sparse and (ses >= n_content or n_sim <= ses * tps):
+            _write_sparse_session(None, bdir / f"betas_session{ses + 1:02d}", tps, anat.shape)
+            if ses < n_content:
+                for h in ("lh", "rh"):
+                    _save_mgh(np.zeros((len(layout.u[0 if h == "lh" else 1]), tps), np.float32),
+                              sdir / f"{h}.betas_session{ses + 1:02d}.mgh")
+            bar.update(1)
+            continue
+        cols = np.array([column[i] for i in ids[ses * tps:min((ses + 1) * tps, n_sim if sparse else len(ids))]])
         srng = _rng(seed, 4, s, ses)
         betas = _volume_noise(cfg, srng, len(cols), anat, vol_sd)
         offset = srng.normal(0, cfg.drift_offset, anat.shape) * anat.brain
@@ -231,12 +305,18 @@ def _simulate_subject(cfg, seed, s, design, feats, layout, root, betas_format, b
         fnoise = np.sqrt(cfg.feature_noise) * tuning.responses(fluct, anat.u, anat.v, anat.hemi) * noise_sd
         betas[:, anat.general] += sgain * (evoked + sig[cols]) + fnoise
         betas += offset
-        _write_volume_session(betas, bdir / f"betas_session{ses + 1:02d}", betas_format)
+        if sparse:
+            _write_sparse_session(betas, bdir / f"betas_session{ses + 1:02d}", tps, anat.shape)
+        else:
+            _write_volume_session(betas, bdir / f"betas_session{ses + 1:02d}", betas_format)
+        del betas
         for h, (u, v, hsig, hev, hsd, _) in zip(("lh", "rh"), surf):
             sb = _surface_noise(cfg, srng, len(cols), u, v, hsd)
             sb += np.sqrt(cfg.feature_noise) * tuning.responses(fluct, u, v, np.full(len(u), h)) * hsd
             hgain = 1 + srng.normal(0, cfg.drift_gain, len(u))
             sb += hgain * (hev + hsig[cols]) + srng.normal(0, cfg.drift_offset, len(u))
+            if sparse and len(sb) < tps:
+                sb = np.concatenate([sb, np.zeros((tps - len(sb), sb.shape[1]), np.float32)])
             _save_mgh(sb.T, sdir / f"{h}.betas_session{ses + 1:02d}.mgh")
         bar.update(1)
 
@@ -256,7 +336,8 @@ def _simulate_subject(cfg, seed, s, design, feats, layout, root, betas_format, b
     snr = amp / noise_sd
     return dict(volume_shape=list(anat.shape), nsdgeneral_voxels=int(anat.general.sum()),
                 brain_voxels=int(anat.brain.sum()), n_sessions=int(cfg.sessions[s - 1]),
-                n_trials=int(design.n_trials[s]), gain=round(gain, 4), noise_factor=round(noise_factor, 4),
+                n_trials=int(design.n_trials[s]), **(dict(simulated_sessions=n_content, simulated_trials=n_sim)
+                                                     if sparse else {}), gain=round(gain, 4), noise_factor=round(noise_factor, 4),
                 roi_voxels={k: int(m.sum()) for k, m in rois.items()},
                 median_ncsnr={k: round(float(np.median(snr[m])), 4) for k, m in rois.items() if m.any()},
                 expected_single_trial_reliability={
@@ -291,13 +372,23 @@ def simulate(out, profile="demo", seed=0, betas_format="hdf5", config=None, prog
     if betas_format not in BETAS_FORMATS:
         raise ConfigError(f"betas_format {betas_format!r}: expected one of {', '.join(BETAS_FORMATS)}")
     cfg = (config or load_config(SimConfig, profile)).validate()
+    if (cfg.simulated_sessions or cfg.simulated_trials) and betas_format != "hdf5":
+        raise ConfigError("simulated_sessions/simulated_trials write partly empty sessions, which only HDF5 can "
+                          f"hold: use betas_format 'hdf5', not {betas_format!r}")
     seed = int(seed)
     steps = 2 + sum(cfg.sessions[s - 1] + 1 for s in cfg.subjects)
     with atomic_dir(out) as root, tqdm(total=steps, desc="simulate NSD-mini", disable=not progress) as bar:
         design = make_design(cfg, _rng(seed, 1))
         _write_design(design, root)
         bar.set_postfix_str("stimuli")
-        feats = _render_stimuli(cfg, design, seed, root, bar)
+        if cfg.simulated_sessions or cfg.simulated_trials:
+            counts = {s: _simulated_counts(cfg, s) for s in cfg.subjects}
+            tps = cfg.trials_per_session
+            shown = np.concatenate([design.trial_ids(s)[:counts[s][0] * tps] for s in cfg.subjects])
+            rendered = np.concatenate([design.trial_ids(s)[:counts[s][1]] for s in cfg.subjects])
+            feats = _render_sparse(cfg, design, seed, root, bar, shown, rendered)
+        else:
+            feats = _render_stimuli(cfg, design, seed, root, bar)
         bar.update(1)
         layout = brain.make_surface(cfg.n_vertices, cfg.flatmap_size, _rng(seed, 6))
         _write_flatmap(layout, root)

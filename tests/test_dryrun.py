@@ -1,0 +1,58 @@
+"""The dry run's pieces at tiny size: weights in the real formats pass the loader's checks, the real-size configs
+give the published parameter counts, and the run config only uses keys the stages know."""
+
+import json
+
+import pytest
+import torch
+
+from neurorecon.config import load_config
+from neurorecon.dryrun import run as dryrun
+from neurorecon.dryrun.weights import (SD21_BASE_UNET, UNCLIP_SMALL_UNET, count_params, random_state_dict,
+                                       write_weights)
+from neurorecon.foundation.load import check_paths, load_from_paths
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_weights(tmp_path_factory.mktemp("weights"), size="tiny", log=lambda *_: None)
+
+
+def test_tiny_weights_pass_the_loader(tiny):
+    assert check_paths(tiny["paths"]) == []
+    fm = load_from_paths(tiny["paths"], "full", "cpu", "bfloat16")
+    assert fm.unet.dtype == torch.bfloat16 and fm.unclip_unet.config.class_embed_type == "projection"
+    assert len(fm.lm_tokenizer) >= 1024  # the written vocabulary (+ pad and <image> the loader adds)
+    with open(f"{tiny['paths']['unclip_path']}/scheduler/scheduler_config.json") as fh:
+        assert json.load(fh)["prediction_type"] == "v_prediction"  # Stable unCLIP small's own schedule
+
+
+def test_written_again_only_when_settings_change(tiny, tmp_path):
+    assert write_weights(tmp_path / "w", size="tiny", log=lambda *_: None)["params"] == tiny["params"]
+
+
+def test_real_unet_configs_have_the_published_sizes():
+    from diffusers import UNet2DConditionModel
+
+    for cfg, expected in ((SD21_BASE_UNET, 865_910_724), (UNCLIP_SMALL_UNET, 869_517_764)):
+        with torch.device("meta"):
+            unet = UNet2DConditionModel.from_config({k: v for k, v in cfg.items() if not k.startswith("_")})
+        assert sum(p.numel() for p in unet.parameters()) == expected
+
+
+def test_random_values_are_scaled_by_fan_in():
+    lin = torch.nn.Linear(400, 3)
+    state = random_state_dict(torch.nn.Sequential(lin, torch.nn.LayerNorm(3)), torch.float16)
+    assert count_params(state) == 400 * 3 + 3 + 6
+    assert abs(state["0.weight"].float().std().item() - 0.05) < 0.01
+    assert state["1.weight"].eq(1).all() and state["0.bias"].eq(0).all()
+
+
+def test_run_config_sections_are_valid_stage_configs(tiny, tmp_path):
+    run_yaml = dryrun.write_run_config(tmp_path / "run.yaml", tiny["paths"], tmp_path / "nsd")
+    files = dryrun.per_stage_files(run_yaml, tmp_path / "stages")
+    for stage, path in files.items():
+        cfg = load_config(dryrun._stage_class(stage), "full", path=path)
+        assert cfg.profile == "full"
+    data = load_config(dryrun._stage_class("data"), "full", path=files["data"])
+    assert data.nsd_root == str(tmp_path / "nsd") and data.max_sessions == 1

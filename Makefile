@@ -13,7 +13,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.neurorecon-installed-$(if $(filter 1,$(LOCK)),lock-$(TORCH),ranges)
 
-.PHONY: reproduce seeds test test-gpu test-browser bench venv clean-home
+.PHONY: reproduce seeds test test-gpu test-browser bench dryrun venv clean-home
 
 venv: $(STAMP)
 
@@ -58,6 +58,11 @@ test-browser: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
+
+## The full profile at real sizes on this CPU: random weights in the real formats, a real-geometry NSD tree,
+## notebooks 01-08 with 1-2 steps; per-stage time, memory, parameters, FLOPs -> benchmarks/dryrun.csv (~15 GB disk).
+dryrun: $(STAMP)
+	$(PY) -m neurorecon.dryrun
 
 clean-home:
 	rm -rf neurorecon_home

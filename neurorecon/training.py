@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .dryrun.probe import step_probe
 from .errors import ConfigError, NeuroreconError
 
 __all__ = ["TrainResult", "fit", "ArrayBatches", "make_accelerator", "epoch_order", "steps_for", "resolve_steps",
@@ -314,6 +315,7 @@ def fit(model, loss_fn, data, *, steps, batch_size, lr, weight_decay=0.01, seed=
     meta = dict(global_batch=global_batch, batch_size=batch_size, num_processes=world, grad_accum=grad_accum)
     t0 = time.time()
     model.train()
+    probe = step_probe(model, params, loss_fn, desc, batch_size * grad_accum, acc.mixed_precision)  # None unless measuring
     bar = tqdm(range(start, steps), desc=desc, disable=not (progress and acc.is_main_process), leave=False,
                initial=start, total=steps)
     for step in bar:
@@ -322,24 +324,25 @@ def fit(model, loss_fn, data, *, steps, batch_size, lr, weight_decay=0.01, seed=
         chunk = order[pos * global_batch:(pos + 1) * global_batch]
         if len(chunk) < global_batch:  # fewer samples than one global batch: sample with wrap-around
             chunk = np.resize(order, global_batch)
-        total = 0.0
-        for k in range(grad_accum):
-            start_row = k * micro + rank * batch_size
-            batch = data.batch(chunk[start_row:start_row + batch_size])
-            batch = {key: v.to(acc.device) if isinstance(v, torch.Tensor) else v for key, v in batch.items()}
-            gen = torch.Generator(device="cpu").manual_seed(
-                int(seed) * 1_000_003 + step * 1009 + rank + k * 7_000_003)
-            # gradients of all but the last micro-batch stay local; the last backward all-reduces their sum
-            sync = contextlib.nullcontext() if k == grad_accum - 1 else acc.no_sync(model)
-            with sync:
-                with acc.autocast():
-                    loss = loss_fn(model, batch, gen)
-                acc.backward(loss / grad_accum if grad_accum > 1 else loss)
-            total += loss.detach().float()
-        if max_grad_norm:
-            acc.clip_grad_norm_(params, max_grad_norm)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        with probe.step(step) if probe else contextlib.nullcontext():
+            total = 0.0
+            for k in range(grad_accum):
+                start_row = k * micro + rank * batch_size
+                batch = data.batch(chunk[start_row:start_row + batch_size])
+                batch = {key: v.to(acc.device) if isinstance(v, torch.Tensor) else v for key, v in batch.items()}
+                gen = torch.Generator(device="cpu").manual_seed(
+                    int(seed) * 1_000_003 + step * 1009 + rank + k * 7_000_003)
+                # gradients of all but the last micro-batch stay local; the last backward all-reduces their sum
+                sync = contextlib.nullcontext() if k == grad_accum - 1 else acc.no_sync(model)
+                with sync:
+                    with acc.autocast():
+                        loss = loss_fn(model, batch, gen)
+                    acc.backward(loss / grad_accum if grad_accum > 1 else loss)
+                total += loss.detach().float()
+            if max_grad_norm:
+                acc.clip_grad_norm_(params, max_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
         value = acc.reduce(total / grad_accum, reduction="mean").item()
         if not math.isfinite(value):
             raise NeuroreconError(f"{desc}: loss became {value} at step {step}; lower the learning rate")

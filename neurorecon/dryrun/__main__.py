@@ -1,0 +1,7 @@
+"""``python -m neurorecon.dryrun`` (``make dryrun``)."""
+
+import sys
+
+from .run import main
+
+sys.exit(main())

@@ -318,8 +318,10 @@ def _table(rows, columns):
     return "\n".join([line(columns), "-+-".join("-" * w for w in widths)] + [line(x) for x in cells])
 
 
-def run_dryrun(csv_path=None, llm_layers=2, skip_notebooks=False, start=None, log=print):
-    """Write weights + tree, measure loading and preparation, run notebooks 01-08; returns (rows, extra rows)."""
+def run_dryrun(csv_path=None, llm_layers=2, skip_notebooks=False, start=None, skip_setup=False, log=print):
+    """Write weights + tree, measure loading and preparation, run notebooks 01-08; returns (rows, extra rows).
+
+    ``skip_setup`` keeps the loading/preparation measurements of the last run (``dryrun_setup.csv``)."""
     import torch
 
     from .nsd import write_nsd_tree
@@ -361,8 +363,16 @@ def run_dryrun(csv_path=None, llm_layers=2, skip_notebooks=False, start=None, lo
                       rc=len(problems)))
     log(f"check-data --profile full: {len(problems)} problem(s) in {time.time() - t0:.1f} s" +
         "".join(f"\n  {p}" for p in problems[:10]))
+    csv_path = Path(csv_path or (paths.repo_root() or Path.cwd()) / "benchmarks" / "dryrun.csv")
+    setup_csv = csv_path.with_name("dryrun_setup.csv")
     steps = [("load foundation (bf16)", _load_code(dry / "paths.json", "bfloat16"))]
     steps += [(f"prepare {n} session(s) x 4 subjects", _prepare_code(root, dry / f"prepare-{n}", n)) for n in (1, 2)]
+    if skip_setup and setup_csv.is_file():
+        with open(setup_csv) as fh:
+            old = [r for r in csv.DictReader(fh) if r["step"] in {label for label, _ in steps}]
+        extra += old
+        steps = [s for s in steps if s[0] not in {r["step"] for r in old}]
+        log(f"loading/preparation: kept {len(old)} measurement(s) from {setup_csv}")
     for label, code in steps:
         sec, peak, rc, tail = _child(code, sampler, label)
         extra.append(dict(step=label, seconds=round(sec, 1), peak_gb=round(peak, 2), rc=rc))
@@ -372,13 +382,12 @@ def run_dryrun(csv_path=None, llm_layers=2, skip_notebooks=False, start=None, lo
     rows = _rows(status, sampler.peaks, probe_dir, tflops, llm_layers)
     extra.append(dict(step="total", seconds=round(time.time() - t_all, 1),
                       peak_gb=round(max(sampler.peaks.values() or [0.0]), 2), rc=rc))
-    csv_path = Path(csv_path or (paths.repo_root() or Path.cwd()) / "benchmarks" / "dryrun.csv")
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     with open(csv_path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    with open(csv_path.with_name("dryrun_setup.csv"), "w", newline="") as fh:
+    with open(setup_csv, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["step", "seconds", "peak_gb", "rc"])
         w.writeheader()
         w.writerows(extra)
@@ -397,6 +406,7 @@ def main(argv=None):
     ap.add_argument("--llm-layers", type=int, default=2)
     ap.add_argument("--skip-notebooks", action="store_true", help="only weights, tree, loading and preparation")
     ap.add_argument("--start", default=None, help="first notebook (e.g. 03): earlier complete stages are reused")
+    ap.add_argument("--skip-setup", action="store_true", help="keep the last run's loading/preparation figures")
     args = ap.parse_args(argv)
-    rows, extra = run_dryrun(args.csv, args.llm_layers, args.skip_notebooks, args.start)
+    rows, extra = run_dryrun(args.csv, args.llm_layers, args.skip_notebooks, args.start, args.skip_setup)
     return 0 if all(r["status"] == "done" for r in rows if r["status"] != "skip") else 1

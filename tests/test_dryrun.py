@@ -22,6 +22,8 @@ def test_tiny_weights_pass_the_loader(tiny):
     assert check_paths(tiny["paths"]) == []
     fm = load_from_paths(tiny["paths"], "full", "cpu", "bfloat16")
     assert fm.unet.dtype == torch.bfloat16 and fm.unclip_unet.config.class_embed_type == "projection"
+    emb = fm.image_embeds(torch.rand(2, 3, 40, 40))  # float images into the bf16 open_clip image tower
+    assert emb.shape == (2, 48) and torch.isfinite(emb).all()
     assert len(fm.lm_tokenizer) >= 1024  # the written vocabulary (+ pad and <image> the loader adds)
     with open(f"{tiny['paths']['unclip_path']}/scheduler/scheduler_config.json") as fh:
         assert json.load(fh)["prediction_type"] == "v_prediction"  # Stable unCLIP small's own schedule
@@ -56,3 +58,20 @@ def test_run_config_sections_are_valid_stage_configs(tiny, tmp_path):
         assert cfg.profile == "full"
     data = load_config(dryrun._stage_class("data"), "full", path=files["data"])
     assert data.nsd_root == str(tmp_path / "nsd") and data.max_sessions == 1
+
+
+def test_clip_image_embeds_with_open_clips_own_low_precision():
+    """open_clip's precision='bf16' (the built-in-name path of the full profile) keeps positional_embedding, the
+    model's first parameter, in fp32: the image must be cast to the patch convolution's dtype."""
+    import open_clip
+    from open_clip.factory import _MODEL_CONFIGS
+
+    from neurorecon.foundation.tiny import clip_image_embeds, clip_model_config
+
+    _MODEL_CONFIGS["dryrun-test-clip"] = clip_model_config(image_size=32, context_length=77, width=32, layers=1)
+    try:
+        model = open_clip.create_model("dryrun-test-clip", precision="bf16")
+    finally:
+        del _MODEL_CONFIGS["dryrun-test-clip"]
+    assert next(model.parameters()).dtype == torch.float32 and model.visual.conv1.weight.dtype == torch.bfloat16
+    assert torch.isfinite(clip_image_embeds(model, torch.rand(2, 3, 32, 32))).all()

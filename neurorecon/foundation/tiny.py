@@ -72,7 +72,8 @@ def clip_image_embeds(model, images, normalize=True):
         images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     mean = torch.tensor(OPENAI_DATASET_MEAN, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(OPENAI_DATASET_STD, device=images.device).view(1, 3, 1, 1)
-    dtype = next(model.parameters()).dtype
+    # the patch convolution's dtype: open_clip's bf16/fp16 precision keeps some parameters (the first ones) fp32
+    dtype = getattr(getattr(model.visual, "conv1", None), "weight", next(model.parameters())).dtype
     emb = model.encode_image(((images - mean) / std).to(dtype)).float()
     return F.normalize(emb, dim=-1) if normalize else emb
 

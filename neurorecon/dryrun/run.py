@@ -71,7 +71,7 @@ def _stage_sections(n_test=2, sample_steps=2):
     few = dict(n_eval=n_test, n_figure=n_test, num_inference_steps=sample_steps, eval_batch=n_test, ckpt_every=0)
     return dict(
         data=dict(simulate=False, subjects=[1, 2, 5, 7], max_sessions=1),
-        foundation=dict(),
+        foundation=dict(n_eval=n_test, eval_seeds=1, sample_steps=sample_steps),
         encoding=dict(steps=2, batch_size=2, ckpt_every=0, eval_batch=4),
         pretrain=dict(few, steps=2, batch_size=1, eval_subjects=[1]),
         refine=dict(few, steps=2, mask_steps=1, batch_size=1, control_scales=[1.0]),
@@ -209,7 +209,11 @@ def _run_notebooks(run_yaml, files, sampler, probe_dir, log, start=None):
     kwargs = dict(profile="full", log=on_log, force=False, start=start)
     if "config_file" in inspect.signature(runner.reproduce).parameters:
         kwargs["config_file"] = str(run_yaml)
-        rc = runner.reproduce(**kwargs)
+        try:
+            rc = runner.reproduce(**kwargs)
+        except Exception as err:  # e.g. nbclient's DeadKernelError when the kernel is killed (out of memory)
+            on_log(f"[FAIL] runner stopped: {type(err).__name__}: {err}")
+            rc = 1
     else:
         log("runner.reproduce has no config_file argument yet: running each notebook with papermill, passing "
             "per-stage files derived from the run config (same rule: section + the shared keys it has)")

@@ -62,11 +62,11 @@ def test_run_config_sections_are_valid_stage_configs(tiny, tmp_path):
 
 def test_clip_image_embeds_with_open_clips_own_low_precision():
     """open_clip's precision='bf16' (the built-in-name path of the full profile) keeps positional_embedding, the
-    model's first parameter, in fp32: the image must be cast to the patch convolution's dtype."""
+    model's first parameter, in fp32: images and text must be cast to the blocks' dtype."""
     import open_clip
     from open_clip.factory import _MODEL_CONFIGS
 
-    from neurorecon.foundation.tiny import clip_image_embeds, clip_model_config
+    from neurorecon.foundation.tiny import clip_image_embeds, clip_model_config, clip_text_tokens
 
     _MODEL_CONFIGS["dryrun-test-clip"] = clip_model_config(image_size=32, context_length=77, width=32, layers=1)
     try:
@@ -75,3 +75,5 @@ def test_clip_image_embeds_with_open_clips_own_low_precision():
         del _MODEL_CONFIGS["dryrun-test-clip"]
     assert next(model.parameters()).dtype == torch.float32 and model.visual.conv1.weight.dtype == torch.bfloat16
     assert torch.isfinite(clip_image_embeds(model, torch.rand(2, 3, 32, 32))).all()
+    tokens = clip_text_tokens(model, open_clip.tokenizer.SimpleTokenizer(context_length=77), ["a cat", "a dog"])
+    assert tokens.shape == (2, 77, 32) and torch.isfinite(tokens.float()).all()

@@ -68,7 +68,7 @@ def test_clip_image_embeds_with_open_clips_own_low_precision():
 
     from neurorecon.foundation.tiny import clip_image_embeds, clip_model_config, clip_text_tokens
 
-    _MODEL_CONFIGS["dryrun-test-clip"] = clip_model_config(image_size=32, context_length=77, width=32, layers=1)
+    _MODEL_CONFIGS["dryrun-test-clip"] = clip_model_config(image_size=32, context_length=77, width=32, layers=2)
     try:
         model = open_clip.create_model("dryrun-test-clip", precision="bf16")
     finally:

@@ -45,9 +45,10 @@ def clip_text_tokens(model, tokenizer, texts, device="cpu"):
 
 def clip_text_tokens_from_ids(model, ids):
     """:func:`clip_text_tokens` of already tokenised text ``ids`` (n, L)."""
-    # open_clip's bf16/fp16 precision keeps positional_embedding fp32: add it in the blocks' dtype, as encode_text does
-    dtype = model.token_embedding.weight.dtype
-    x = model.token_embedding(ids) + model.positional_embedding[: ids.shape[1]].to(dtype)
+    # open_clip's bf16/fp16 precision keeps the embeddings fp32 and casts to the blocks' dtype, as encode_text does
+    cast = getattr(model.transformer, "get_cast_dtype", None)
+    dtype = cast() if cast else model.token_embedding.weight.dtype
+    x = (model.token_embedding(ids) + model.positional_embedding[: ids.shape[1]]).to(dtype)
     mask = model.attn_mask[: ids.shape[1], : ids.shape[1]] if model.attn_mask is not None else None
     blocks = model.transformer.resblocks
     batch_first = getattr(model.transformer, "batch_first", True)

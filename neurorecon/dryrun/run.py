@@ -209,6 +209,8 @@ def _run_notebooks(run_yaml, files, sampler, probe_dir, log, start=None):
     kwargs = dict(profile="full", log=on_log, force=False, start=start)
     if "config_file" in inspect.signature(runner.reproduce).parameters:
         kwargs["config_file"] = str(run_yaml)
+        if "check_results" in inspect.signature(runner.reproduce).parameters:
+            kwargs["check_results"] = False  # random weights: the notebooks' quality assertions cannot hold
         try:
             rc = runner.reproduce(**kwargs)
         except Exception as err:  # e.g. nbclient's DeadKernelError when the kernel is killed (out of memory)

@@ -69,6 +69,7 @@ def plot_vae(arrays, n=8):
 def plot_retrieval(fm, images, captions, n=4, k=3):
     """For held-out images: the top-``k`` captions the CLIP retrieves among all held-out captions."""
     sims = (fm.image_embeds(images[:len(captions)]) @ fm.text_embeds(captions).T).numpy()
+    n, k = min(n, len(sims)), min(k, len(captions))  # fewer held-out pairs than panels (e.g. n_eval 2)
     fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.6))
     for j, ax in enumerate(np.atleast_1d(axes)):
         ax.imshow(images[j])

@@ -81,6 +81,8 @@ def reproduce(profile="demo", start=None, force=False, log=print, config_file=No
 
 
 def _run_notebooks(pm, profile, start, force, log, config_file, params):
+    from nbclient.exceptions import DeadKernelError
+
     out_dir = paths.home() / "executed" / profile
     out_dir.mkdir(parents=True, exist_ok=True)
     timings = []
@@ -108,6 +110,10 @@ def _run_notebooks(pm, profile, start, force, log, config_file, params):
         except pm.PapermillExecutionError as err:
             _print_failure(err, executed)
             log(f"[FAIL] {nb.name} after {time.time() - t0:.0f} s; fix it and rerun: completed stages are skipped")
+            return 1
+        except DeadKernelError as err:  # killed (out of memory, a signal): a failure line, not a traceback
+            print(f"\n--- the kernel died ({err}); a kernel killed for lack of memory ends this way")
+            log(f"[FAIL] {nb.name} after {time.time() - t0:.0f} s: kernel died; executed copy: {executed}")
             return 1
         if digest:
             passed.write_text(digest)

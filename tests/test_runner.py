@@ -90,3 +90,11 @@ def test_reproduce_rebuilds_a_stage_whose_upstream_was_remade(nbdir, capsys):
     assert "stage 'foundation' was built on an older 'data': rebuilding it" in out
     assert runner.reproduce("smoke") == 0
     assert "[skip] 02_foundation_models.ipynb" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_killed_kernel_is_a_fail_line_not_a_traceback(nbdir, capsys):
+    _nb(nbdir / "01_data_preparation.ipynb", "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
+    assert runner.reproduce("smoke") == 1
+    out = capsys.readouterr().out
+    assert "[FAIL] 01_data_preparation.ipynb" in out and "kernel died" in out

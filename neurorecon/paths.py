@@ -5,6 +5,7 @@ repository checkout, which git ignores, or ``~/.neurorecon`` for an installed pa
 ``NEURORECON_FIGURES`` sets where figures go (default: ``figures/`` in the checkout).
 """
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -16,6 +17,7 @@ __all__ = [
     "simulated_nsd_dir",
     "figures_dir",
     "notebooks_dir",
+    "environ",
 ]
 
 _PKG = Path(__file__).resolve().parent
@@ -74,3 +76,22 @@ def notebooks_dir():
     if root is None:
         raise FileNotFoundError("notebooks/ is only available in a source checkout of neurorecon")
     return root / "notebooks"
+
+
+@contextlib.contextmanager
+def environ(**values):
+    """Set (a string) or unset (``None``) environment variables inside the block; restore them after it."""
+    old = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = str(v)
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

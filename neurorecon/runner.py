@@ -7,7 +7,6 @@ results, a figure) is run again, which reuses the stage's outputs and re-checks 
 the run and prints the failing cell.
 """
 
-import os
 import re
 import time
 from pathlib import Path
@@ -61,23 +60,11 @@ def reproduce(profile="demo", start=None, force=False, log=print, config_file=No
         config_file = str(Path(config_file).expanduser().resolve())
         for section in STAGE_CONFIGS:  # every section checked now, not when its notebook is reached
             load_config(config_class(section), profile, path=config_file)
-    saved = {k: os.environ.get(k) for k in ("NEURORECON_PROFILE", "NEURORECON_CONFIG")}
-    os.environ["NEURORECON_PROFILE"] = profile
-    if config_file:
-        os.environ["NEURORECON_CONFIG"] = config_file
-    else:
-        os.environ.pop("NEURORECON_CONFIG", None)
-    try:
-        params = {"profile": profile, "config_file": config_file}
-        if check_results is not None:
-            params["check_results"] = bool(check_results)
+    params = {"profile": profile, "config_file": config_file}
+    if check_results is not None:
+        params["check_results"] = bool(check_results)
+    with paths.environ(NEURORECON_PROFILE=profile, NEURORECON_CONFIG=config_file):  # what the kernels inherit
         return _run_notebooks(pm, profile, start, force, log, config_file, params)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _run_notebooks(pm, profile, start, force, log, config_file, params):

@@ -14,8 +14,6 @@ stopped. Then :func:`aggregate` reads every seed's stages and returns
 of n seeds" (on every subject of a seed). The recipes were tuned on seed 0: report the other seeds.
 """
 
-import contextlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -32,20 +30,9 @@ def seed_home(profile, seed, root=None):
     return Path(root or paths.home() / "seeds" / profile) / f"seed{int(seed)}"
 
 
-@contextlib.contextmanager
 def _home(home):
-    keys = ("NEURORECON_HOME", "NEURORECON_FIGURES")
-    old = {k: os.environ.get(k) for k in keys}
-    os.environ["NEURORECON_HOME"] = str(home)
-    os.environ["NEURORECON_FIGURES"] = str(Path(home) / "figures")  # a seed never overwrites figures/
-    try:
-        yield Path(home)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    """NEURORECON_HOME = ``home`` inside the block; figures go into it too (a seed never overwrites figures/)."""
+    return paths.environ(NEURORECON_HOME=home, NEURORECON_FIGURES=Path(home) / "figures")
 
 
 def _seed_config(home, seed, config_file=None):

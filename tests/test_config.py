@@ -156,3 +156,18 @@ def test_neurorecon_config_environment_variable_is_the_default_file(tmp_path, mo
     assert load_config(DataConfig, "demo").sim_seed == 3
     monkeypatch.delenv("NEURORECON_CONFIG")
     assert load_config(DataConfig, "demo").sim_seed == 0
+
+
+@pytest.mark.parametrize("section", list(STAGE_CONFIGS))
+def test_dataclass_defaults_are_the_shipped_yaml_defaults(section):
+    """A config built in code (``Cls()``) means what the shipped YAML's ``defaults`` section says."""
+    import yaml as _yaml
+
+    from neurorecon.config import _CONFIG_DIR
+
+    cls = config_class(section)
+    shipped = _yaml.safe_load((_CONFIG_DIR / f"{section}.yaml").read_text()).get("defaults") or {}
+    made = cls().to_dict()
+    differ = {k: (made[k], v) for k, v in shipped.items()
+              if (list(made[k]) if isinstance(made[k], tuple) else made[k]) != v}
+    assert not differ, f"{cls.__name__}: dataclass default vs {section}.yaml defaults: {differ}"

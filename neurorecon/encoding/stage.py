@@ -66,9 +66,9 @@ class EncodingConfig(StageConfig):
     seed: int = 0
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
-    ckpt_every: int = 0
+    ckpt_every: int = 100
     keep_checkpoints: bool = False
-    num_threads: Optional[int] = None
+    num_threads: Optional[int] = 1
     eval_batch: int = 256
     init_checkpoint: Optional[str] = None
 

@@ -26,33 +26,33 @@ class FoundationConfig(StageConfig):
     # --- demo CLIP (open_clip.model.CLIP, trained with open_clip.loss.ClipLoss) ---------------------------------
     clip_image_size: Optional[int] = None   # null = the store's image size
     clip_patch: int = 8
-    clip_width: int = 128
+    clip_width: int = 96
     clip_layers: int = 3
-    clip_embed_dim: int = 96
-    context_length: int = 48
-    clip_steps: int = 300
-    clip_batch: int = 128
+    clip_embed_dim: int = 64
+    context_length: int = 32
+    clip_steps: int = 150
+    clip_batch: int = 64
     clip_lr: float = 1e-3
 
     # --- demo VAE (diffusers.AutoencoderKL) ------------------------------------------------------------------------
     image_size: int = 32                     # pixel side of the generators (VAE, UNets)
-    vae_channels: list[int] = dataclasses.field(default_factory=lambda: [32, 64])
+    vae_channels: list[int] = dataclasses.field(default_factory=lambda: [16, 32, 64])
     vae_latent_channels: int = 4
     vae_steps: int = 300
-    vae_batch: int = 32
-    vae_lr: float = 1e-3
+    vae_batch: int = 16
+    vae_lr: float = 0.002
     vae_kl_weight: float = 1e-6
 
     # --- demo latent diffusion UNets (diffusers.UNet2DConditionModel) ----------------------------------------------
-    unet_channels: list[int] = dataclasses.field(default_factory=lambda: [64, 128])
-    unet_head_dim: int = 32
-    unet_steps: int = 300
+    unet_channels: list[int] = dataclasses.field(default_factory=lambda: [32, 64])
+    unet_head_dim: int = 16
+    unet_steps: int = 3000
     unet_batch: int = 32
-    unet_lr: float = 5e-4
+    unet_lr: float = 0.002
     cfg_dropout: float = 0.1                 # empty-caption (and zero image-embedding) dropout for CFG
     snr_gamma: Optional[float] = 5.0         # Min-SNR-γ loss weighting (null = plain eps MSE)
-    ema_decay: Optional[float] = None        # EMA of the UNets' weights (null = none)
-    unclip_steps: int = 100                  # fine-tuned from the text UNet, as Stable unCLIP from SD 2.1
+    ema_decay: Optional[float] = 0.995  # EMA of the UNets' weights (null = none)
+    unclip_steps: int = 80  # fine-tuned from the text UNet, as Stable unCLIP from SD 2.1
     unclip_max_noise_level: int = 300        # noise augmentation of the image embedding during training
 
     # --- demo causal LM (transformers Llama + a tokenizers BPE) ----------------------------------------------------
@@ -60,7 +60,7 @@ class FoundationConfig(StageConfig):
     lm_hidden: int = 128
     lm_layers: int = 2
     lm_seq_len: int = 64
-    lm_steps: int = 300
+    lm_steps: int = 150
     lm_batch: int = 32
     lm_lr: float = 2e-3
 
@@ -68,8 +68,8 @@ class FoundationConfig(StageConfig):
     n_eval: int = 100                        # held-out images used for retrieval / reconstruction / generation
     eval_seeds: int = 2                      # text-to-image: generations per caption (sampling seeds), scores averaged
     sampler: str = "dpm++"                   # ddim | dpm++
-    sample_steps: int = 20
-    guidance_scale: float = 3.0
+    sample_steps: int = 15
+    guidance_scale: float = 5.0
 
     # --- full profile: local paths of the real weights -------------------------------------------------------------
     sd_path: Optional[str] = None            # SD 2.1 base diffusers folder (model_index.json, unet/, vae/, scheduler/)

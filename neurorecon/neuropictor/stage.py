@@ -66,9 +66,9 @@ class _Common(StageConfig):
     seed: int = 0
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
-    ckpt_every: int = 50
+    ckpt_every: int = 100
     keep_checkpoints: bool = False
-    num_threads: Optional[int] = None
+    num_threads: Optional[int] = 1
     # validation sampling
     n_eval: int = 0
     n_figure: int = 8
@@ -92,7 +92,7 @@ class PretrainConfig(_Common):
 
     subjects: Optional[list[int]] = None
     semantic_mid: int = 32
-    steps: Optional[int] = 200
+    steps: Optional[int] = 600
     lr: float = 1.0e-3
     cfg_mask_prob: float = 0.0
     eval_subjects: list[int] = dataclasses.field(default_factory=lambda: [1])
@@ -107,12 +107,13 @@ class RefineConfig(_Common):
 
     NOT_TRAINING = _Common.NOT_TRAINING + ("control_scales",)
 
+    ckpt_every: int = 50
     subject: int = 1
-    steps: Optional[int] = 100
+    steps: Optional[int] = 300
     lr: float = 1.0e-3
     semantic_weight: float = 0.1
     residual_init: str = "copy"
-    mask_steps: Optional[int] = 40
+    mask_steps: Optional[int] = 60
     mask_epochs: Optional[float] = None
     mask_lr: float = 1.0e-4
     mask_cfg_prob: float = 0.05

@@ -134,9 +134,9 @@ STAGE_CONFIGS = {
     "pretrain": "neurorecon.neuropictor.stage:PretrainConfig",
     "refine": "neurorecon.neuropictor.stage:RefineConfig",
     "language": "neurorecon.nv2l.stage:LanguageConfig",
-    "reconstruction": "neurorecon.evaluation.stage:ReconstructionConfig",
+    "reconstruction": "neurorecon.evaluation.reconstruction:ReconstructionConfig",
     "evaluation": "neurorecon.evaluation.config:EvaluationConfig",
-    "figures": "neurorecon.evaluation.figures:FiguresConfig",
+    "figures": "neurorecon.evaluation.paper_figures:FiguresConfig",
 }
 SHARED = "shared"
 _STAGE_FILE_KEYS = ("defaults", *PROFILES)

@@ -108,7 +108,7 @@ def _language_rows(seed, lang):
 def aggregate(homes, profile="demo"):
     """``(metrics, orderings)`` DataFrames over the seeds' homes (``{seed: home}``), see the module docstring."""
     from .artifacts import read_metrics, require_stage
-    from .evaluation.stage import load_results
+    from .evaluation.reconstruction import load_results
 
     metrics, orderings = [], []
     for seed, home in sorted(homes.items()):

@@ -66,7 +66,8 @@ def test_clip_image_embeds_with_open_clips_own_low_precision():
     import open_clip
     from open_clip.factory import _MODEL_CONFIGS
 
-    from neurorecon.foundation.tiny import clip_image_embeds, clip_model_config, clip_text_tokens
+    from neurorecon.foundation.clip import clip_image_embeds, clip_text_tokens
+    from neurorecon.foundation.tiny import clip_model_config
 
     _MODEL_CONFIGS["dryrun-test-clip"] = clip_model_config(image_size=32, context_length=77, width=32, layers=2)
     try:

@@ -12,9 +12,9 @@ from neurorecon.artifacts import is_complete, read_marker, read_metrics, stale_u
 from neurorecon.config import load_config
 from neurorecon.errors import MissingStageError
 from neurorecon.evaluation import load_reconstructions
-from neurorecon.evaluation.figures import PUBLISHED, PUBLISHED_SOURCES, FiguresConfig, run_figures_stage
+from neurorecon.evaluation.paper_figures import PUBLISHED, PUBLISHED_SOURCES, FiguresConfig, run_figures_stage
 from neurorecon.errors import ConfigError
-from neurorecon.evaluation.stage import (ReconstructionConfig, derangement, eval_inputs, load_results,
+from neurorecon.evaluation.reconstruction import (ReconstructionConfig, derangement, eval_inputs, load_results,
                                          run_reconstruction_stage, sweep_settings)
 from neurorecon.foundation import tiny_random_foundation
 
@@ -162,7 +162,7 @@ def test_beta_start_latent():
 
 
 def test_every_published_row_has_a_source_and_the_paper_table_lists_them():
-    from neurorecon.evaluation.figures import _markdown, paper_table
+    from neurorecon.evaluation.paper_figures import _markdown, paper_table
 
     assert set(PUBLISHED_SOURCES) == set(PUBLISHED.index) and all(PUBLISHED_SOURCES.values())
     assert {"MindEye2 (refined)", "MindEye2 (unrefined)", "UMBRAE", "MindTuner"} <= set(PUBLISHED.index)

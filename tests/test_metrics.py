@@ -65,7 +65,7 @@ def test_one_implementation_of_each_helper():
 
 
 def test_derangement_is_the_same_everywhere_and_refuses_n_below_2():
-    from neurorecon.evaluation.stage import derangement as d_eval
+    from neurorecon.evaluation.reconstruction import derangement as d_eval
     from neurorecon.metrics import derangement
     from neurorecon.neuropictor.evaluate import derangement as d_np
     from neurorecon.nv2l.evaluate import derangement as d_nv

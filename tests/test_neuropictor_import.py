@@ -252,7 +252,7 @@ def test_encoding_stage_starts_from_the_imported_uk_biobank_model(home, monkeypa
 
 
 def test_notebook_07_scores_the_released_model_as_its_own_row(fm, home, monkeypatch, tmp_path):
-    from neurorecon.evaluation.stage import ReconstructionConfig, load_results, run_reconstruction_stage
+    from neurorecon.evaluation.reconstruction import ReconstructionConfig, load_results, run_reconstruction_stage
     from neurorecon.config import load_config
     from neurorecon.errors import ConfigError
 

@@ -259,7 +259,7 @@ def test_a_multi_process_launch_that_accelerate_runs_as_one_process_is_an_error(
 
 def test_single_process_stages_refuse_a_multi_process_launch(monkeypatch):
     from neurorecon.config import load_config
-    from neurorecon.evaluation.stage import ReconstructionConfig, run_reconstruction_stage
+    from neurorecon.evaluation.reconstruction import ReconstructionConfig, run_reconstruction_stage
 
     # (the language stage runs under a multi-process launch: tests/test_nv2l_train.py)
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -11,8 +11,8 @@
 - :mod:`.table`: :func:`evaluate_reconstructions` / :func:`evaluate_captions` → one tidy table,
   :func:`write_metrics` → stage metrics;
 - :mod:`.io` and :mod:`.cli`: the ``.npz`` format and ``neurorecon evaluate``;
-- :mod:`.stage` (notebook 07, stage ``reconstruction``): every method reconstructs and is scored, with shuffled
-  controls, single trials and sweeps; :mod:`.figures` (notebook 08, stage ``figures``) and :mod:`.report`.
+- :mod:`.reconstruction` (notebook 07, stage ``reconstruction``): every method reconstructs and is scored, with shuffled
+  controls, single trials and sweeps; :mod:`.paper_figures` (notebook 08, stage ``figures``) and :mod:`.report`.
 """
 
 import importlib
@@ -29,9 +29,9 @@ _EXPORTS = {
     "MetricNetwork": "networks", "MetricNetworks": "networks", "build_network": "networks",
     "demo_clip_network": "networks", "load_metric_networks": "networks",
     "RetrievalResult": "retrieval", "mindeye_retrieval": "retrieval", "retrieval_draws": "retrieval",
-    "ReconstructionConfig": "stage", "run_reconstruction_stage": "stage", "load_results": "stage",
-    "METHOD_LABELS": "stage", "FiguresConfig": "figures", "run_figures_stage": "figures",
-    "paper_table": "figures", "PUBLISHED": "figures",
+    "ReconstructionConfig": "reconstruction", "run_reconstruction_stage": "reconstruction", "load_results": "reconstruction",
+    "METHOD_LABELS": "reconstruction", "FiguresConfig": "paper_figures", "run_figures_stage": "paper_figures",
+    "paper_table": "paper_figures", "PUBLISHED": "paper_figures",
     "COLUMNS": "table", "LOWER_IS_BETTER": "table", "evaluate_captions": "table",
     "evaluate_reconstructions": "table", "variant_label": "table", "write_metrics": "table",
 }

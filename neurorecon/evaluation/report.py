@@ -3,8 +3,8 @@
 import pandas as pd
 
 
-from .figures import CAPTION_METRICS_SHOWN, IMAGE_METRICS, _methods, sampler_table
-from .stage import METHOD_LABELS, SHUFFLED
+from .paper_figures import CAPTION_METRICS_SHOWN, IMAGE_METRICS, _methods, sampler_table
+from .reconstruction import METHOD_LABELS, SHUFFLED
 from .table import LOWER_IS_BETTER
 
 __all__ = ["image_table", "retrieval_table", "caption_table", "sweep_table", "sampler_table", "control_gap",

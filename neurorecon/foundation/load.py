@@ -36,7 +36,7 @@ from ..devices import resolve_device, torch_dtype
 from ..errors import DataError, NeuroreconError
 from .config import FoundationConfig
 from .interface import Foundation
-from .tiny import clip_image_embeds, clip_text_embeds, clip_text_tokens
+from .clip import clip_image_embeds, clip_text_embeds, clip_text_tokens
 
 __all__ = ["FoundationFilesError", "load_foundation", "load_from_paths", "check_paths", "demo_paths", "stage_paths",
            "configured_components", "with_requirements", "REQUIRED_COMPONENTS", "PATHS_FILE",

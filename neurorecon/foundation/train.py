@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from ..training import ArrayBatches, fit
 from .interface import to_float_images, unclip_class_labels
-from .tiny import (clip_image_embeds, clip_text_tokens_from_ids, sd_scheduler_config, tiny_clip, tiny_lm,
-                   tiny_unet, tiny_vae, train_bpe_tokenizer)
+from .clip import clip_image_embeds, clip_text_tokens_from_ids
+from .tiny import sd_scheduler_config, tiny_clip, tiny_lm, tiny_unet, tiny_vae, train_bpe_tokenizer
 
 __all__ = ["train_clip", "train_vae", "encode_latent_stats", "train_text_unet", "make_unclip_unet",
            "train_unclip_unet", "train_lm", "pack_texts", "group_texts", "VAEWithKL", "diffusion_loss",

@@ -21,7 +21,6 @@ metrics: the number of figures.
 import dataclasses
 import json
 import re
-from pathlib import Path
 from typing import Optional
 
 import matplotlib.pyplot as plt
@@ -33,7 +32,7 @@ from ..artifacts import StageWriter, is_complete
 from ..config import StageConfig
 from ..plotting import savefig
 from .io import load_reconstructions
-from .stage import METHOD_LABELS, SHUFFLED, load_results
+from .reconstruction import METHOD_LABELS, SHUFFLED, load_results
 from .table import LOWER_IS_BETTER
 
 __all__ = ["FiguresConfig", "PUBLISHED", "PUBLISHED_SOURCES", "PAPER_COLUMNS", "IMAGE_METRICS", "CAPTION_METRICS_SHOWN",

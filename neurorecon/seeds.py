@@ -77,8 +77,9 @@ def _recon_rows(seed, results, sweeps, beta):
     table = image_table(results, "averaged")
     for method in table.index:
         for metric in table.columns:
-            metrics.append(dict(seed=seed, source="reconstruction", method=method, metric=metric,
-                                value=float(table.loc[method, metric])))
+            value = float(table.loc[method, metric])
+            if np.isfinite(value):  # a metric network that is not configured is NaN ("unavailable"): not a number
+                metrics.append(dict(seed=seed, source="reconstruction", method=method, metric=metric, value=value))
     checks = ordering_checks(results, sweeps, beta=beta)
     for (claim, metric), g in checks.groupby(["claim", "metric"], sort=False):
         orderings.append(dict(seed=seed, claim=claim, metric=metric, subjects=len(g), holds_on=int(g.holds.sum())))
@@ -89,7 +90,7 @@ def _language_rows(seed, lang):
     metrics, orderings = [], []
     mean = lang[lang.subject == "mean"]
     keep = mean[mean.metric.isin(["CIDEr", "BLEU-4", "qa_color", "qa_shape", "qa_count"])]
-    for r in keep.itertuples(index=False):
+    for r in keep[keep.value.notna()].itertuples(index=False):
         metrics.append(dict(seed=seed, source="language", method=r.method, metric=r.metric, value=float(r.value)))
     top1 = lang[(lang.method == "vit3d") & (lang.metric == "top1_brain2image")]
     if len(top1):

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .concepts import gradcam, voxel_map
+from .concepts import concept_maps as _concept_maps
 from .encoder import test_voxels
 from .instructions import read_llava_json, scene_objects
 
-__all__ = ["load_outputs", "record_counts", "format_record", "dialogues", "concept_maps", "encoder_table",
-           "ablation_table", "multi_object_image"]
+__all__ = ["load_outputs", "record_counts", "format_record", "dialogues", "concept_encoders", "concept_maps",
+           "extraction_table", "encoder_table", "ablation_table", "specificity_table", "multi_object_image"]
 
 
 def load_outputs(folder):
@@ -60,8 +60,18 @@ def dialogues(llava, store, subject, test_records, n=3, max_new_tokens=32):
     return pd.DataFrame(rows)
 
 
-def concept_maps(encoder, fm, store, subject, image_id, prompt="a {}"):
-    """GradCAM voxel maps of every category present in a test image, from the subject's fMRI of it.
+def concept_encoders(folder):
+    """The ViT3Ds whose Grad-CAM maps the language stage averaged: ``vit3d/`` then ``vit3d_p<P>/`` (the ensemble
+    over patch sizes), as the stage saved them."""
+    from .vit3d import ViT3D
+
+    extra = sorted(folder.glob("vit3d_p*"), key=lambda p: int(p.name[len("vit3d_p"):]))
+    return [ViT3D.from_pretrained(p) for p in [folder / "vit3d", *extra]]
+
+
+def concept_maps(encoders, fm, store, subject, image_id, cfg):
+    """Concept maps (the stage's settings: ``concept_prompt``, ``concept_cam``, ``concept_contrast``) of every
+    category present in a test image, from the subject's fMRI of it.
 
     Returns
     -------
@@ -72,9 +82,32 @@ def concept_maps(encoder, fm, store, subject, image_id, prompt="a {}"):
     k = int(np.flatnonzero(ids == image_id)[0])
     concepts = sorted({o["category"] for o in scene_objects(store.annotations[int(image_id)],
                                                             store.meta["image_size"])})
-    text = fm.text_embeds([prompt.format(c) for c in concepts]).float().cpu()
+    cats = sorted({i["category"] for a in store.annotations.values() for i in a.get("instances") or []})
+    text = fm.text_embeds([cfg.concept_prompt.format(c) for c in cats]).float().cpu()
     xs = torch.from_numpy(np.repeat(x[k:k + 1], len(concepts), 0))
-    return concepts, voxel_map(encoder, gradcam(encoder, xs, text)).numpy()
+    maps = _concept_maps(encoders, xs, text[[cats.index(c) for c in concepts]], cfg.concept_cam,
+                         text if cfg.concept_contrast else None)
+    return concepts, maps.numpy()
+
+
+def extraction_table(concepts_df):
+    """The LM's concept extraction per instruction template: cases, accuracy, share unextracted."""
+    from .concepts import CONCEPT_INSTRUCTIONS
+
+    def template(q):
+        return next((t for t in CONCEPT_INSTRUCTIONS if _matches(t, q)), "other")
+
+    df = concepts_df.assign(template=concepts_df.instruction.map(template),
+                            unextracted=concepts_df.extracted.fillna("").eq(""))
+    g = df.groupby("template")
+    out = pd.DataFrame(dict(cases=g.size(), accuracy=g.extracted_correct.mean(), unextracted=g.unextracted.mean()))
+    out.loc["all"] = [len(df), df.extracted_correct.mean(), df.unextracted.mean()]
+    return out
+
+
+def _matches(template, text):
+    a, _, b = template.partition("{}")
+    return text.startswith(a) and text.endswith(b) and len(text) > len(a) + len(b)
 
 
 def multi_object_image(store, subject, preferred=(), min_categories=2):
@@ -99,8 +132,18 @@ def encoder_table(encoder_df):
     return df
 
 
+def specificity_table(metrics):
+    """The concept maps' specificity metrics (``gradcam`` rows of ``metrics.csv``) per subject and their mean."""
+    keys = ["map_corr_same_image", "tuning_corr_own", "tuning_corr_other", "frac_own_gt_other", "map_high_ratio"]
+    rows = metrics[(metrics.method == "gradcam") & metrics.metric.isin(keys)]
+    return rows.pivot_table(index="subject", columns="metric", values="value").reindex(
+        columns=[k for k in keys if k in set(rows.metric)])
+
+
 def ablation_table(concepts_df):
-    """Mean evidence drop when the located vs random voxels are removed, per subject and overall."""
+    """Mean evidence drop when the located vs random voxels are removed, per subject and overall (cases with an
+    extracted concept)."""
+    concepts_df = concepts_df.dropna(subset=["drop_located"])
     g = concepts_df.groupby("subject")
     df = pd.DataFrame(dict(cases=g.size(), drop_located=g.drop_located.mean(), drop_random=g.drop_random.mean(),
                            located_beats_random=g.apply(lambda d: (d.drop_located > d.drop_random).mean(),

@@ -11,7 +11,10 @@ Artifacts (``$NEURORECON_HOME/artifacts/<profile>/language/``)::
     captions_test.csv                    per subject and test image: reference, brain, baseline, control captions
     long_answers_test.csv                the same for detailed descriptions and complex reasoning (long_answers.py)
     qa_test.csv                          per subject, method and question: truth, answer, correct
-    concept_ablation.csv                 per (subject, image, concept): evidence before/after ablation
+    vit3d_p<P>/                          extra ViT3Ds of the Grad-CAM ensemble (``concept_patch_sizes``)
+    concept_ablation.csv                 per (subject, image, concept): instruction, the LLM's answer and extracted
+                                         concept, evidence before/after ablation
+    concept_maps.npz                     the concept maps of the first ``concept_map_images`` test images
     losses.json                          training curves
     metrics.csv, config.yaml, COMPLETE
 """
@@ -37,7 +40,8 @@ from ..errors import ConfigError
 from ..training import checkpoint_root, make_accelerator, remove_checkpoints, resolve_steps
 from .baselines import fit_ridge, nearest_captions
 from .captions import METRICS, UNAVAILABLE, CaptionScorer
-from .concepts import ablation_check, concept_evidence
+from .concepts import (EXTRACTION_PROMPT, ablation_check, concept_instructions, concept_maps, extract_concepts,
+                       map_specificity, union_truth)
 from .encoder import (build_vit3d, compute_targets, evaluate_vit3d, image_means, test_voxels, train_vit3d,
                       training_trials)
 from .evaluate import derangement, majority_chance, qa_accuracy, qa_items, run_qa
@@ -48,7 +52,7 @@ from .long_answers import LONG_TYPES, evaluate_long_answers
 from .tuning import LORA_TARGETS, trainable_summary
 
 __all__ = ["LanguageConfig", "run_language_stage", "checkpoint_dir", "load_lm", "caption_table",
-           "qa_table", "long_answer_table"]
+           "qa_table", "long_answer_table", "save_concept_maps"]
 
 METHODS = ("brain_llava", "nn_caption", "shuffled_fmri")
 #: What the language stage uses of the foundation: CLIP ViT-L/14 (targets, concepts), SD's VAE (latent targets),
@@ -63,8 +67,9 @@ class LanguageConfig(StageConfig):
     STAGE = "language"
     NOTEBOOK = "06_language_instruction_tuning"
     NOT_TRAINING = ("eval_subjects", "caption_instruction", "caption_tokens", "qa_tokens", "meteor",
-                    "caption_tokenizer", "concept_prompt", "concept_fraction", "concept_random_draws", "n_dialogues",
-                    "ckpt_every", "torch_threads")
+                    "caption_tokenizer", "concept_prompt", "concept_cam", "concept_contrast",
+                    "concept_extraction_prompt", "concept_extraction_tokens", "concept_fraction",
+                    "concept_random_draws", "concept_map_images", "n_dialogues", "ckpt_every", "torch_threads")
 
     seed: int = 0
     subjects: Optional[list[int]] = None
@@ -117,8 +122,14 @@ class LanguageConfig(StageConfig):
     meteor: bool = True
     caption_tokenizer: str = "ptb"
     concept_prompt: str = "a {}"
+    concept_patch_sizes: list[int] = dataclasses.field(default_factory=list)
+    concept_cam: str = "gradcam"
+    concept_contrast: bool = True
+    concept_extraction_prompt: str = EXTRACTION_PROMPT
+    concept_extraction_tokens: int = 8
     concept_fraction: float = 0.1
     concept_random_draws: int = 5
+    concept_map_images: Optional[int] = 16
     n_dialogues: int = 4
     ckpt_every: int = 0
     grad_accum: int = 1
@@ -167,6 +178,12 @@ def _check_cfg(cfg):
         bad = [t for t in getattr(cfg, key) if t not in RECORD_TYPES]
         if bad:
             raise ConfigError(f"language config: {key} has unknown type(s) {bad}; expected {list(RECORD_TYPES)}")
+    from .concepts import CAM_METHODS
+
+    if cfg.concept_cam not in CAM_METHODS:
+        raise ConfigError(f"language config: concept_cam {cfg.concept_cam!r}: expected one of {list(CAM_METHODS)}")
+    if "{}" not in cfg.concept_extraction_prompt:
+        raise ConfigError("language config: concept_extraction_prompt needs a {} for the user's instruction")
     if cfg.caption_tokenizer not in ("ptb", "simple"):
         raise ConfigError(f"language config: caption_tokenizer {cfg.caption_tokenizer!r}: expected ptb or simple")
 
@@ -243,48 +260,119 @@ def _evaluate_qa(w, cfg, llava, store, subjects, train_ids):
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def _evaluate_concepts(w, cfg, fm, encoder, store, subjects):
+def _concept_cases(store, subject, seed):
+    """(image ids, true concepts, instructions) of a subject's test images: one case per category present."""
     size = store.meta["image_size"]
+    _, ids = test_voxels(store, subject)
+    rows, cases = [], []
+    for k, i in enumerate(ids):
+        for c in sorted({o["category"] for o in scene_objects(store.annotations[int(i)], size)}):
+            rows.append(k)
+            cases.append((int(i), c))
+    instr = concept_instructions([c for _, c in cases], seed)
+    return np.asarray(rows, dtype=np.int64), cases, instr
+
+
+def _train_concept_encoders(cfg, store, targets, train_rows, trials, acc, progress, log):
+    """The extra ViT3Ds of the Grad-CAM ensemble (``concept_patch_sizes``), trained as the main one."""
+    out = {}
+    for P in [int(p) for p in cfg.concept_patch_sizes if int(p) != int(cfg.patch_size)]:
+        t = time.time()
+        model = build_vit3d(store, targets, train_rows, trials, P, cfg.width, cfg.depth, cfg.heads, cfg.mlp_ratio,
+                            cfg.head_hidden, cfg.dropout, cfg.seed + P)
+        steps, _ = _steps(cfg, len(trials), cfg.enc_epochs, cfg.enc_steps, cfg.enc_batch, "enc_steps")
+        train_vit3d(model, trials, targets, steps=steps, batch_size=cfg.enc_batch, lr=cfg.enc_lr, alpha=cfg.alpha,
+                    mixup=cfg.mixup, weight_decay=cfg.enc_weight_decay, seed=cfg.seed + P,
+                    ckpt_dir=checkpoint_dir(cfg, f"vit3d_p{P}"), ckpt_every=cfg.ckpt_every,
+                    mixed_precision=cfg.mixed_precision, progress=progress, grad_accum=cfg.grad_accum, accelerator=acc)
+        out[P] = (model.eval().requires_grad_(False), time.time() - t)
+        log(f"ViT3D (patch {P}, concept ensemble): {steps} steps in {out[P][1]:.0f} s")
+    return out
+
+
+def _evaluate_concepts(w, cfg, fm, encoders, llava, store, subjects, log=print):
+    """Concept localisation (``concepts.py``): LLM extraction from varied instructions, Grad-CAM maps (ensemble),
+    the evidence ablation check and the maps' specificity against the simulator's category tuning."""
     cats = sorted({i["category"] for a in store.annotations.values() for i in a.get("instances") or []})
     text = fm.text_embeds([cfg.concept_prompt.format(c) for c in cats]).float().cpu()
-    frames = []
+    contrast = text if cfg.concept_contrast else None
+    frames, saved, spec = [], {}, []
+    n_cases = n_ok = n_none = 0
     for s in subjects:
         x, ids = test_voxels(store, s)
-        xs, ts, meta = [], [], []
-        for k, i in enumerate(ids):
-            for c in sorted({o["category"] for o in scene_objects(store.annotations[int(i)], size)}):
-                xs.append(x[k])
-                ts.append(text[cats.index(c)])
-                meta.append((int(i), c))
-        if not xs:
+        rows, cases, instr = _concept_cases(store, s, cfg.seed + s)
+        if not cases:
             continue
-        res = ablation_check(encoder, torch.from_numpy(np.stack(xs)), torch.stack(ts), cfg.concept_fraction,
-                             cfg.concept_random_draws, cfg.seed + s)
-        # Is the evidence concept-specific? present vs absent concepts of the same fMRI.
-        with torch.no_grad():
-            ev = torch.stack([concept_evidence(encoder, x, t.expand(len(x), -1)) for t in text], 1).float().cpu()
-        present = np.zeros(ev.shape, dtype=bool)
-        for k, i in enumerate(ids):
-            for c in {o["category"] for o in scene_objects(store.annotations[int(i)], size)}:
-                present[k, cats.index(c)] = True
-        ev = ev.numpy()
-        res.insert(0, "concept", [m[1] for m in meta])
-        res.insert(0, "image_id", [m[0] for m in meta])
-        res.insert(0, "subject", int(s))
-        frames.append(res)
-        w.add_metric("gradcam", s, "test", "evidence_present_minus_absent",
-                     float(ev[present].mean() - ev[~present].mean()))
-        w.add_metric("gradcam", s, "test", "evidence_drop_located", float(res.drop_located.mean()))
-        w.add_metric("gradcam", s, "test", "evidence_drop_random", float(res.drop_random.mean()))
-        w.add_metric("gradcam", s, "test", "frac_located_gt_random",
-                     float((res.drop_located > res.drop_random).mean()))
+        answers, got = extract_concepts(llava.lm, llava.tokenizer, instr, cats, cfg.concept_extraction_prompt,
+                                        cfg.concept_extraction_tokens)
+        truth = [c for _, c in cases]
+        ok = np.array([g == c for g, c in zip(got, truth)])
+        none = np.array([g is None for g in got])
+        n_cases, n_ok, n_none = n_cases + len(cases), n_ok + int(ok.sum()), n_none + int(none.sum())
+        w.add_metric("concept_extraction", s, "test", "accuracy", float(ok.mean()))
+        w.add_metric("concept_extraction", s, "test", "frac_unextracted", float(none.mean()))
+        df = pd.DataFrame(dict(subject=int(s), image_id=[i for i, _ in cases], concept=truth, instruction=instr,
+                               answer=answers, extracted=[g or "" for g in got], extracted_correct=ok))
+        keep = np.flatnonzero(~none)  # an unextracted concept is not located (counted above)
+        if len(keep):
+            xs = torch.from_numpy(x[rows[keep]])
+            ts = text[[cats.index(got[k]) for k in keep]]
+            maps = concept_maps(encoders, xs, ts, cfg.concept_cam, contrast)
+            res = ablation_check(encoders[0], xs, ts, cfg.concept_fraction, cfg.concept_random_draws, cfg.seed + s,
+                                 maps=maps, contrast=contrast)
+            for col in res.columns:
+                df.loc[keep, col] = res[col].to_numpy()
+            w.add_metric("gradcam", s, "test", "evidence_drop_located", float(res.drop_located.mean()))
+            w.add_metric("gradcam", s, "test", "evidence_drop_random", float(res.drop_random.mean()))
+            w.add_metric("gradcam", s, "test", "frac_located_gt_random",
+                         float((res.drop_located > res.drop_random).mean()))
+            gt = union_truth(store, s, cats) or {}
+            sp = map_specificity(maps.numpy(), df.image_id.to_numpy()[keep], [got[k] for k in keep], cats, **gt)
+            for k, v in sp.items():
+                w.add_metric("gradcam", s, "test", k, v)
+            spec.append(sp)
+            limit = cfg.concept_map_images
+            first = set(int(i) for i in ids[:limit]) if limit is not None else None
+            pick = [j for j, k in enumerate(keep) if first is None or cases[k][0] in first]
+            saved[s] = (keep[pick], maps[pick].numpy().astype(np.float16))
+        frames.append(df)
+    if not frames:
+        raise ValueError("concept localisation: no test image of the evaluation subjects has an object")
     out = pd.concat(frames, ignore_index=True)
-    w.add_metric("gradcam", "all", "test", "evidence_drop_located", float(out.drop_located.mean()))
-    w.add_metric("gradcam", "all", "test", "evidence_drop_random", float(out.drop_random.mean()))
-    w.add_metric("gradcam", "all", "test", "frac_located_gt_random",
-                 float((out.drop_located > out.drop_random).mean()))
-    w.add_metric("gradcam", "all", "test", "n_cases", len(out))
-    return out
+    w.add_metric("concept_extraction", "all", "test", "accuracy", n_ok / max(n_cases, 1))
+    w.add_metric("concept_extraction", "all", "test", "n_unextracted", n_none)
+    w.add_metric("concept_extraction", "all", "test", "n_cases", n_cases)
+    located = out.dropna(subset=["drop_located"]) if "drop_located" in out else out.iloc[:0]
+    w.add_metric("gradcam", "all", "test", "n_cases", len(located))
+    if len(located):
+        w.add_metric("gradcam", "all", "test", "evidence_drop_located", float(located.drop_located.mean()))
+        w.add_metric("gradcam", "all", "test", "evidence_drop_random", float(located.drop_random.mean()))
+        w.add_metric("gradcam", "all", "test", "frac_located_gt_random",
+                     float((located.drop_located > located.drop_random).mean()))
+    for k in sorted({k for sp in spec for k in sp}):
+        vals = [sp[k] for sp in spec if k in sp and np.isfinite(sp[k])]
+        if vals:
+            w.add_metric("gradcam", "mean", "test", k, float(np.mean(vals)))
+    means = {k: [sp[k] for sp in spec if np.isfinite(sp.get(k, np.nan))]
+             for k in ("map_corr_same_image", "tuning_corr_own", "tuning_corr_other", "map_high_ratio")}
+    log(f"concepts: extraction accuracy {n_ok / max(n_cases, 1):.3f} ({n_none} of {n_cases} unextracted); "
+        + ", ".join(f"{k} {np.mean(v):.3f}" for k, v in means.items() if v))
+    return out, saved
+
+
+def save_concept_maps(path, cases, saved):
+    """``concept_maps.npz``: per saved case its row in ``concept_ablation.csv``, subject, image id, extracted
+    concept and voxel map (float16) (notebook 07's reconstruction check reads it)."""
+    rows, maps = [], []
+    for s, (keep, m) in saved.items():
+        sub = np.flatnonzero(cases.subject.to_numpy() == s)
+        rows.append(sub[keep])
+        maps.append(m)
+    rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    np.savez(path, row=rows, subject=cases.subject.to_numpy()[rows], image_id=cases.image_id.to_numpy()[rows],
+             concept=cases.extracted.to_numpy()[rows].astype(str),
+             maps=np.concatenate(maps) if maps else np.zeros((0, 0), np.float16))
+    return path
 
 
 def run_language_stage(cfg, force=False, fm=None, progress=True, log=print):
@@ -376,6 +464,7 @@ def _run(cfg, fm, progress, log, acc):
                           accelerator=acc)
         losses["ViT3D"] = res.losses
         encoder.eval().requires_grad_(False)
+        ensemble = _train_concept_encoders(cfg, store, targets, train_rows, trials, acc, progress, log)
         if main:
             encoder.save_pretrained(w.path / "vit3d")
             enc = evaluate_vit3d(encoder, store, eval_subjects, targets)
@@ -386,6 +475,10 @@ def _run(cfg, fm, progress, log, acc):
             for k, v in dict(record, resumed_from=res.resumed_from).items():
                 w.add_metric("vit3d", "all", "train", k, v)
             w.add_metric("vit3d", "all", "train", "n_patches", encoder.grid.n_patches)
+            for P, (model, seconds) in ensemble.items():
+                model.save_pretrained(w.path / f"vit3d_p{P}")
+                w.add_metric(f"vit3d_p{P}", "all", "train", "n_patches", model.grid.n_patches)
+                timings[f"concept_encoder_p{P}"] = seconds
             timings["encoder"] = time.time() - t
             log(f"ViT3D: {steps} steps in {timings['encoder']:.0f} s; mean top-1 {enc.top1_brain2image.mean():.3f} "
                 f"(chance {enc.chance.mean():.3f}), latent r {enc.latent_r.mean():.3f}")
@@ -447,8 +540,10 @@ def _run(cfg, fm, progress, log, acc):
         timings["evaluation"] = time.time() - t
 
         t = time.time()
-        _evaluate_concepts(w, cfg, fm, encoder, store, eval_subjects).to_csv(w.path / "concept_ablation.csv",
-                                                                             index=False)
+        encoders = [encoder] + [m for m, _ in ensemble.values()]
+        cases, saved = _evaluate_concepts(w, cfg, fm, encoders, llava, store, eval_subjects, log)
+        cases.to_csv(w.path / "concept_ablation.csv", index=False)
+        save_concept_maps(w.path / "concept_maps.npz", cases, saved)
         timings["concepts"] = time.time() - t
         (w.path / "notes.json").write_text(json.dumps({"unavailable": {
             "SPICE": UNAVAILABLE["SPICE"], **({} if cfg.meteor else {"METEOR": UNAVAILABLE["METEOR"]})}}, indent=1))

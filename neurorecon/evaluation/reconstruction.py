@@ -23,6 +23,8 @@ Artifacts (``$NEURORECON_HOME/artifacts/<profile>/reconstruction/``)::
     results.csv            the tidy table (method, subject, metric, value, variant, note), every method and control
     sweeps.csv             method, subject, parameter, setting, metric, value
     nv2l_prompts.csv       the brain LLaVA's Stable Diffusion prompts NV2L reconstructs with
+    concept_reconstruction.csv  NV2L's concept check: the concept's CLIP score in reconstructions of the fMRI with
+                           the located vs as many random voxels ablated (:func:`concept_check`)
     reconstructions/       <method>_subjNN_<variant>.npz in the `neurorecon evaluate` format (re-scorable)
     protocol.json          resize/antialias settings, metric networks used and unavailable ones, sampling
     metrics.csv, config.yaml, COMPLETE
@@ -54,7 +56,7 @@ from .networks import load_metric_networks
 from .table import evaluate_captions, evaluate_reconstructions, write_metrics
 
 __all__ = ["ReconstructionConfig", "METHOD_LABELS", "run_reconstruction_stage", "eval_inputs", "derangement",
-           "load_results", "SWEEPS", "sweep_settings"]
+           "load_results", "SWEEPS", "sweep_settings", "concept_check"]
 
 #: Method key → the name used in tables and figures.
 METHOD_LABELS = {"neuropictor": "NeuroPictor", "neuropictor_pretrain": "NeuroPictor (multi-subject only)",
@@ -114,6 +116,8 @@ class ReconstructionConfig(StageConfig):
     evaluation_file: Optional[str] = None
     num_threads: Optional[int] = None
     released_neuropictor: Optional[str] = None
+    concept_images: int = 8
+    concept_random_draws: int = 3
 
     def evaluation(self):
         """The :class:`EvaluationConfig` of this profile with ``evaluation_file`` applied, else the run config this
@@ -317,7 +321,7 @@ def _run(cfg, fm, log):
     ev = cfg.evaluation()
     nets = load_metric_networks(ev, fm)
     variants = ["averaged"] + (["single-trial"] if cfg.single_trial else [])
-    tables, sweeps, timings, prompts = [], [], {}, []
+    tables, sweeps, timings, prompts, concepts = [], [], {}, [], []
     scorer = None
     with StageWriter(cfg) as w:
         rec_dir = w.path / "reconstructions"
@@ -364,6 +368,10 @@ def _run(cfg, fm, log):
                                 retrieval_seed=ev.retrieval_seed))
                             save_reconstructions(rec_dir / f"{key}_shuffled_subj{s:02d}_{variant}.npz", shuffled,
                                                  ids, subject=s, method=method.label + SHUFFLED, variant=variant)
+                    if key == "nv2l" and cfg.concept_images > 0:
+                        t = time.time()
+                        concepts.append(concept_check(cfg, method, fm, store, s, w, log))
+                        timings[f"nv2l_concepts_subj{s:02d}"] = time.time() - t
                     if s == sweep_subject:  # sweeps of the final models on the first subject only
                         _sweep(cfg, method, sub, gt[:cfg.sweep_n], nets, s, sweeps, rec_dir, log)
                 if cfg.captions and "nv2l" in cfg.methods:
@@ -379,6 +387,10 @@ def _run(cfg, fm, log):
         table.to_csv(w.path / "results.csv", index=False)
         if prompts:
             pd.concat(prompts, ignore_index=True).to_csv(w.path / "nv2l_prompts.csv", index=False)
+        if concepts:
+            cc = pd.concat(concepts, ignore_index=True)
+            cc.to_csv(w.path / "concept_reconstruction.csv", index=False)
+            _concept_metrics(w, "all", cc)
         sweep_table = pd.DataFrame(sweeps, columns=["method", "subject", "parameter", "setting", "metric", "value"])
         sweep_table.to_csv(w.path / "sweeps.csv", index=False)
         write_metrics(w, table)
@@ -398,6 +410,70 @@ def _run(cfg, fm, log):
             foundation={k: str(v) for k, v in fm.names.items()}, evaluation=ev.to_dict(),
             sampling=dict(scheduler="ddim", steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
                           seed=cfg.seed)), indent=1))
+
+
+def _concept_metrics(w, subject, df):
+    w.add_metric("nv2l_concepts", subject, "test", "n_cases", len(df))
+    if len(df):
+        w.add_metric("nv2l_concepts", subject, "test", "score_drop_located", float(df.drop_located.mean()))
+        w.add_metric("nv2l_concepts", subject, "test", "score_drop_random", float(df.drop_random.mean()))
+        w.add_metric("nv2l_concepts", subject, "test", "frac_located_gt_random",
+                     float((df.drop_located > df.drop_random).mean()))
+
+
+def concept_check(cfg, method, fm, store, subject, w=None, log=print):
+    """NV2L's concept validation by ablation → reconstruction on one subject.
+
+    The language stage's concept maps (``concept_maps.npz``: the concept the brain LLaVA's LM extracted from an
+    instruction, located by Grad-CAM) of the subject's first ``concept_images`` test images; for each case the
+    averaged test fMRI, the fMRI with the top ``concept_fraction`` (the language stage's) of the map's voxels set
+    to their training mean, and with as many random voxels (``concept_random_draws`` draws) go through NV2L's
+    reconstruction path (``method``: ViT3D → CLIP embedding + latent, the brain LLaVA's prompt → unCLIP, the same
+    noise for every variant of a case); the concept's score is the CLIP similarity of the reconstruction to the
+    concept's text (the language stage's ``concept_prompt``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Per case: subject, image_id, concept and :func:`neurorecon.nv2l.concepts.reconstruction_ablation`'s
+        columns (also recorded as ``nv2l_concepts`` metrics of the subject when ``w`` is given).
+    """
+    from ..errors import DataError
+    from ..nv2l.concepts import reconstruction_ablation
+    from ..nv2l.encoder import test_voxels
+
+    lang = require_stage("language", cfg.profile)
+    path = lang / "concept_maps.npz"
+    if not path.is_file():
+        raise DataError(path, "the language stage's concept maps", "no such file: re-run notebook 06")
+    lcfg = yaml.safe_load((lang / "config.yaml").read_text())
+    z = np.load(path)
+    sel = np.flatnonzero(z["subject"] == subject)
+    x, ids = test_voxels(store, subject)
+    first = set(int(i) for i in ids[:cfg.concept_images])
+    sel = sel[[int(z["image_id"][k]) in first for k in sel]]
+    if not len(sel):
+        log(f"  subject {subject}: no concept maps (not among the language stage's evaluation subjects)")
+        return pd.DataFrame()
+    image_ids, concepts = z["image_id"][sel].astype(np.int64), [str(c) for c in z["concept"][sel]]
+    maps = torch.from_numpy(z["maps"][sel].astype(np.float32))
+    text = fm.text_embeds([lcfg["concept_prompt"].format(c) for c in concepts])
+
+    def score(images, t):
+        emb = fm.image_embeds(to_uint8(images))  # scored as saved; L2-normalised
+        return (emb * torch.nn.functional.normalize(t.float(), dim=-1)).sum(-1).numpy()
+
+    res = reconstruction_ablation(method, score, method.encoder, x[np.searchsorted(ids, image_ids)], maps, text,
+                                  fraction=float(lcfg["concept_fraction"]), n_random=cfg.concept_random_draws,
+                                  seed=cfg.seed + subject)
+    res.insert(0, "concept", concepts)
+    res.insert(0, "image_id", image_ids)
+    res.insert(0, "subject", int(subject))
+    if w is not None:
+        _concept_metrics(w, subject, res)
+    log(f"  subject {subject} NV2L concepts: {len(res)} cases, concept score drop located "
+        f"{res.drop_located.mean():.4f} vs random {res.drop_random.mean():.4f}")
+    return res
 
 
 def sweep_settings(cfg, key):

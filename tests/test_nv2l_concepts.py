@@ -151,3 +151,65 @@ def test_simulator_category_tuning_matches_the_store(smoke_data_home, home_set_t
     h = gt["high"][gt["covered"]]
     assert t[h].mean() > 3 * t[~h].mean()  # category tuning lives in the high areas
     assert union_truth(store, s, ["dog"]) is None  # a concept the simulator does not know: no ground truth
+
+
+def test_reconstruction_stage_concept_check_reads_the_language_maps(smoke_data_home, home_set_to, tmp_path,
+                                                                    monkeypatch):
+    """Notebook 07's check on a stand-in NV2L method: the saved maps of the subject's first test images, ablated
+    fMRI through the method, the concept scored by (stand-in) CLIP, metrics recorded."""
+    import yaml
+
+    from neurorecon.config import load_config
+    from neurorecon.data import open_store
+    from neurorecon.data.stage import store_path
+    from neurorecon.evaluation import reconstruction as rec
+    from neurorecon.nv2l.encoder import test_voxels
+
+    with home_set_to(smoke_data_home):
+        store = open_store(store_path("smoke"))
+    s = store.subjects[0]
+    x, ids = test_voxels(store, s)
+    V = x.shape[1]
+    k = int(round(0.1 * V))
+    lang = tmp_path / "language"
+    lang.mkdir()
+    (lang / "config.yaml").write_text(yaml.safe_dump(dict(concept_prompt="a {}", concept_fraction=0.1)))
+    maps = np.zeros((4, V), np.float16)
+    maps[:, :k] = 1  # the located voxels: the ones the stand-in reconstruction reads the concept from
+    np.savez(lang / "concept_maps.npz", row=np.arange(4), subject=np.array([s, s, s, 99]),
+             image_id=np.array([ids[0], ids[1], ids[5], ids[0]]), concept=np.array(["ball", "cup", "box", "cup"]),
+             maps=maps)
+    monkeypatch.setattr(rec, "require_stage", lambda stage, profile: lang)
+
+    class Method:
+        encoder = ViT3D(store.common_grid["shape"], store.common_grid["union_ijk"], patch_size=4, width=16, depth=1,
+                        heads=2, head_hidden=16, clip_dim=3, latent_shape=(1, 2, 2))
+
+        def __call__(self, v):
+            red = np.clip(np.abs(v[:, :k]).mean(1) / 2, 0, 1)
+            img = np.full((len(v), 3, 4, 4), 0.5, np.float32)
+            img[:, 0] = red[:, None, None]
+            return torch.from_numpy(img)
+
+    class FM:
+        def text_embeds(self, texts):
+            return torch.tensor([[1.0, 0.0, 0.0]] * len(texts))
+
+        def image_embeds(self, images):
+            return torch.nn.functional.normalize(torch.from_numpy(images.reshape(len(images), -1, 3).mean(1) + 0.0),
+                                                 dim=-1)
+
+    class W:
+        rows = []
+
+        def add_metric(self, *row):
+            self.rows.append(row)
+
+    cfg = load_config(rec.ReconstructionConfig, "smoke", overrides=dict(concept_images=2, concept_random_draws=2))
+    res = rec.concept_check(cfg, Method(), FM(), store, s, W(), log=lambda m: None)
+    assert list(res.image_id) == [ids[0], ids[1]] and list(res.concept) == ["ball", "cup"]  # first 2 images only
+    assert (res.drop_located > res.drop_random).all()
+    metrics = {r[3]: r[4] for r in W.rows}
+    assert metrics["n_cases"] == 2 and metrics["frac_located_gt_random"] == 1.0
+    assert metrics["score_drop_located"] > metrics["score_drop_random"]
+    assert rec.concept_check(cfg, Method(), FM(), store, store.subjects[1], log=lambda m: None).empty  # no maps

@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from neurorecon.nv2l import report as R
 from neurorecon.nv2l.llava import BrainLlava
 from neurorecon.nv2l.train import main
 
@@ -31,6 +33,14 @@ def _check(folder):
     cfg = json.loads((folder / "brain_llava" / "config.json").read_text())
     assert cfg["lm"] == "lora"
     assert json.loads((folder / "export.json").read_text())["image_folder"] == "images"
+    # concept localisation: the ensemble's extra ViT3D (smoke: 3^3 cubes), extraction counted, maps kept
+    assert (folder / "vit3d_p3" / "config.json").is_file() and (folder / "concept_maps.npz").is_file()
+    assert "concept_extraction" in metrics and "n_unextracted" in metrics
+    cases = pd.read_csv(folder / "concept_ablation.csv")
+    assert {"instruction", "answer", "extracted", "drop_located", "drop_random"} <= set(cases.columns)
+    assert R.extraction_table(cases).loc["all", "cases"] == len(cases)
+    assert R.ablation_table(cases).loc["all", "cases"] == cases.drop_located.notna().sum()
+    assert len(R.concept_encoders(folder)) == 2
 
 
 def test_entry_runs_the_stage_in_one_process(home, home_set_to, capsys):

@@ -116,7 +116,7 @@ class ReconstructionConfig(StageConfig):
     evaluation_file: Optional[str] = None
     num_threads: Optional[int] = None
     released_neuropictor: Optional[str] = None
-    concept_images: int = 8
+    concept_images: int = 32
     concept_random_draws: int = 3
 
     def evaluation(self):
@@ -453,8 +453,10 @@ def concept_check(cfg, method, fm, store, subject, w=None, log=print):
     first = set(int(i) for i in ids[:cfg.concept_images])
     sel = sel[[int(z["image_id"][k]) in first for k in sel]]
     if not len(sel):
-        log(f"  subject {subject}: no concept maps (not among the language stage's evaluation subjects)")
-        return pd.DataFrame()
+        log(f"  subject {subject}: no concept maps (not among the language stage's evaluation subjects, or no "
+            "concept extracted)")
+        return pd.DataFrame(columns=["subject", "image_id", "concept", "score", "score_located", "score_random",
+                                     "drop_located", "drop_random"])
     image_ids, concepts = z["image_id"][sel].astype(np.int64), [str(c) for c in z["concept"][sel]]
     maps = torch.from_numpy(z["maps"][sel].astype(np.float32))
     text = fm.text_embeds([lcfg["concept_prompt"].format(c) for c in concepts])

@@ -98,7 +98,7 @@ def extraction_table(concepts_df):
         return next((t for t in CONCEPT_INSTRUCTIONS if _matches(t, q)), "other")
 
     df = concepts_df.assign(template=concepts_df.instruction.map(template),
-                            unextracted=concepts_df.extracted.fillna("").eq(""))
+                            unextracted=concepts_df.extracted.isna() | concepts_df.extracted.astype(str).eq(""))
     g = df.groupby("template")
     out = pd.DataFrame(dict(cases=g.size(), accuracy=g.extracted_correct.mean(), unextracted=g.unextracted.mean()))
     out.loc["all"] = [len(df), df.extracted_correct.mean(), df.unextracted.mean()]
@@ -143,11 +143,10 @@ def specificity_table(metrics):
 def ablation_table(concepts_df):
     """Mean evidence drop when the located vs random voxels are removed, per subject and overall (cases with an
     extracted concept)."""
-    concepts_df = concepts_df.dropna(subset=["drop_located"])
-    g = concepts_df.groupby("subject")
+    d = concepts_df.dropna(subset=["drop_located"])
+    d = d.assign(beats=d.drop_located > d.drop_random)
+    g = d.groupby("subject")
     df = pd.DataFrame(dict(cases=g.size(), drop_located=g.drop_located.mean(), drop_random=g.drop_random.mean(),
-                           located_beats_random=g.apply(lambda d: (d.drop_located > d.drop_random).mean(),
-                                                        include_groups=False)))
-    df.loc["all"] = [len(concepts_df), concepts_df.drop_located.mean(), concepts_df.drop_random.mean(),
-                     (concepts_df.drop_located > concepts_df.drop_random).mean()]
+                           located_beats_random=g.beats.mean()))
+    df.loc["all"] = [len(d), d.drop_located.mean(), d.drop_random.mean(), d.beats.mean()]
     return df

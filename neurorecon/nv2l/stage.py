@@ -129,7 +129,7 @@ class LanguageConfig(StageConfig):
     concept_extraction_tokens: int = 8
     concept_fraction: float = 0.1
     concept_random_draws: int = 5
-    concept_map_images: Optional[int] = 16
+    concept_map_images: Optional[int] = 32
     n_dialogues: int = 4
     ckpt_every: int = 0
     grad_accum: int = 1
@@ -312,7 +312,9 @@ def _evaluate_concepts(w, cfg, fm, encoders, llava, store, subjects, log=print):
         w.add_metric("concept_extraction", s, "test", "accuracy", float(ok.mean()))
         w.add_metric("concept_extraction", s, "test", "frac_unextracted", float(none.mean()))
         df = pd.DataFrame(dict(subject=int(s), image_id=[i for i, _ in cases], concept=truth, instruction=instr,
-                               answer=answers, extracted=[g or "" for g in got], extracted_correct=ok))
+                               answer=answers, extracted=[g or "" for g in got], extracted_correct=ok,
+                               **{c: np.nan for c in ("evidence", "evidence_located", "evidence_random",
+                                                      "drop_located", "drop_random")}))
         keep = np.flatnonzero(~none)  # an unextracted concept is not located (counted above)
         if len(keep):
             xs = torch.from_numpy(x[rows[keep]])
@@ -342,7 +344,7 @@ def _evaluate_concepts(w, cfg, fm, encoders, llava, store, subjects, log=print):
     w.add_metric("concept_extraction", "all", "test", "accuracy", n_ok / max(n_cases, 1))
     w.add_metric("concept_extraction", "all", "test", "n_unextracted", n_none)
     w.add_metric("concept_extraction", "all", "test", "n_cases", n_cases)
-    located = out.dropna(subset=["drop_located"]) if "drop_located" in out else out.iloc[:0]
+    located = out.dropna(subset=["drop_located"])
     w.add_metric("gradcam", "all", "test", "n_cases", len(located))
     if len(located):
         w.add_metric("gradcam", "all", "test", "evidence_drop_located", float(located.drop_located.mean()))

@@ -7,7 +7,10 @@ stopped. Then :func:`aggregate` reads every seed's stages and returns
 
 - ``metrics``: the headline numbers (two-way identification in the demo-CLIP space, PixCorr and SSIM of every
   reconstruction method and its shuffled control, brief-caption CIDEr of the brain LLaVA, the nearest-neighbour
-  baseline and shuffled fMRI, QA accuracy, ViT3D retrieval), one row per (metric, seed);
+  baseline and shuffled fMRI, QA accuracy, ViT3D retrieval), one row per (metric, seed); and, where the tree is
+  NSD-mini, the *decoding ceiling* (:mod:`neurorecon.simulate.ceiling`): two-way identification in the CLIP
+  image-embedding space from the simulator's noise-free scene features (linear and RBF-kernel ridge) beside ridge
+  and the ViT3D from the fMRI, the measure of how linear the simulated brains are;
 - ``orderings``: each paper's ordering per seed: on how many of the evaluated subjects it holds.
 
 :func:`summarise` turns them into the tables the README quotes: mean, sd, min and max over seeds, and "holds on k
@@ -22,7 +25,7 @@ import yaml
 
 from . import paths
 
-__all__ = ["seed_home", "run_seeds", "aggregate", "summarise", "write_report"]
+__all__ = ["seed_home", "run_seeds", "aggregate", "summarise", "markdown", "write_report"]
 
 
 def seed_home(profile, seed, root=None):
@@ -106,7 +109,53 @@ def _language_rows(seed, lang):
     return metrics, orderings
 
 
-def aggregate(homes, profile="demo"):
+def _ceiling_rows(seed, profile, log=print):
+    """Two-way identification in the CLIP image-embedding space of the test images: from the simulator's
+    noise-free scene features (linear and RBF-kernel ridge: :mod:`neurorecon.simulate.ceiling`), and from each
+    evaluated subject's fMRI by ridge (nsdgeneral betas) and by the trained ViT3D (mean over subjects)."""
+    from .artifacts import require_stage
+    from .baselines.ridge import fit_ridge, training_samples
+    from .data import open_store
+    from .data.stage import store_path
+    from .foundation import load_foundation
+    from .metrics import two_way_identification
+    from .nv2l.encoder import test_voxels
+    from .nv2l.vit3d import ViT3D
+    from .simulate.ceiling import decoding_ceiling
+
+    from .simulate.core import TRUTH_FILE
+
+    recorded = yaml.safe_load((require_stage("data", profile) / "config.yaml").read_text())
+    nsd_root = Path(recorded["nsd_root"]) if recorded.get("nsd_root") else paths.simulated_nsd_dir(profile)
+    if not (nsd_root / TRUTH_FILE).is_file():
+        log(f"seed {seed}: {nsd_root} is not a simulated tree (no {TRUTH_FILE}): no decoding ceiling")
+        return []
+    store = open_store(store_path(profile))
+    fm = load_foundation(profile, components=("sd", "clip_h", "clip_l"), with_lm=False)  # NV2L's CLIP target
+    test_ids = store.subject(store.subjects[0]).test_image_ids
+    train_ids = np.unique(np.concatenate([store.subject(s).train_image_ids for s in store.subjects]))
+    emb = {int(i): e for i, e in zip(store.image_ids, fm.image_embeds(store.get_images(store.image_ids),
+                                                                      normalize=False).numpy())}
+    ceil = decoding_ceiling(nsd_root, train_ids, test_ids, np.stack([emb[int(i)] for i in train_ids]),
+                            np.stack([emb[int(i)] for i in test_ids]), seed=seed)
+    vit3d = ViT3D.from_pretrained(require_stage("language", profile) / "vit3d", "cpu")
+    ridge, deep = [], []
+    for s in store.subjects:
+        sub = store.subject(s)
+        x, ids = training_samples(sub.train_betas, sub.train_image_ids)
+        truth = np.stack([emb[int(i)] for i in sub.test_image_ids])
+        model = fit_ridge(x, np.stack([emb[int(i)] for i in ids]), groups=ids, seed=seed)
+        ridge.append(two_way_identification(truth, model.predict(sub.test_betas)))
+        vx, vids = test_voxels(store, s)
+        deep.append(two_way_identification(np.stack([emb[int(i)] for i in vids]), vit3d.predict(vx)["clip"]))
+    rows = {"noise-free scene features, linear (ceiling)": ceil["linear"],
+            "noise-free scene features, RBF kernel": ceil["nonlinear"],
+            "ridge from fMRI": float(np.mean(ridge)), "ViT3D from fMRI": float(np.mean(deep))}
+    return [dict(seed=seed, source="ceiling", method=m, metric="embedding two-way", value=float(v))
+            for m, v in rows.items()]
+
+
+def aggregate(homes, profile="demo", log=print):
     """``(metrics, orderings)`` DataFrames over the seeds' homes (``{seed: home}``), see the module docstring."""
     from .artifacts import read_metrics, require_stage
     from .evaluation.reconstruction import load_results
@@ -118,7 +167,8 @@ def aggregate(homes, profile="demo"):
             beta = yaml.safe_load((res["folder"] / "config.yaml").read_text())["nv2l_beta"]  # as the stage ran
             m, o = _recon_rows(seed, res["results"], res["sweeps"], beta)
             m2, o2 = _language_rows(seed, read_metrics(require_stage("language", profile)))
-        metrics += m + m2
+            m3 = _ceiling_rows(seed, profile, log)
+        metrics += m + m2 + m3
         orderings += o + o2
     return pd.DataFrame(metrics), pd.DataFrame(orderings)
 
@@ -135,6 +185,31 @@ def summarise(metrics, orderings):
                           "subject_cases_holding": h.holds_on.sum() / h.subjects.sum()}).reset_index()
     holds["k_of_n"] = holds.seeds_holding.astype(str) + " of " + holds.n_seeds.astype(str)
     return table, holds
+
+
+def _fmt(v):
+    return "" if not np.isfinite(v) else f"{v:.3f}".replace("0.", ".", 1) if abs(v) < 1 else f"{v:.3f}"
+
+
+def markdown(table, holds, seeds=None):
+    """The two summaries as Markdown tables (what the README's demo section quotes).
+
+    Parameters
+    ----------
+    table, holds : DataFrame
+        :func:`summarise`'s outputs.
+    seeds : sequence of int, optional
+        The seeds the summary is over (stated in the header).
+    """
+    over = f" over seeds {', '.join(str(s) for s in seeds)}" if seeds is not None else ""
+    lines = [f"| source | method | metric | mean{over} | sd | min | max |", "|---|---|---|---|---|---|---|"]
+    for r in table.itertuples(index=False):
+        lines.append(f"| {r.source} | {r.method} | {r.metric} | {_fmt(r.mean)} | {_fmt(r.sd)} | {_fmt(r.min)} | "
+                     f"{_fmt(r.max)} |")
+    lines += ["", "| ordering | metric | holds on every subject | (seed, subject) cases |", "|---|---|---|---|"]
+    for r in holds.itertuples(index=False):
+        lines.append(f"| {r.claim} | {r.metric} | {r.k_of_n} seeds | {r.subject_cases_holding:.0%} |")
+    return "\n".join(lines) + "\n"
 
 
 def write_report(metrics, orderings, out_dir, profile="demo", command=""):
@@ -158,6 +233,9 @@ def write_report(metrics, orderings, out_dir, profile="demo", command=""):
                 fh.write(f"# {command}\n")
             df.to_csv(fh, index=False)
         written[name] = path
+    written["markdown"] = out_dir / f"seeds_{profile}.md"
+    written["markdown"].write_text((f"<!-- {command} -->\n" if command else "")
+                                   + markdown(table, holds, sorted(metrics.seed.unique())))
     key = "CLIP" if (metrics.metric == "CLIP").any() else "demo-CLIP"
     two_way = metrics[(metrics.source == "reconstruction") & (metrics.metric == key)]
     fig, ax = plt.subplots(figsize=(7, 3.2))

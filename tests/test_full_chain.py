@@ -13,7 +13,7 @@ from neurorecon import paths, runner
 from neurorecon.artifacts import STAGE_NOTEBOOKS, is_complete, read_metrics
 from neurorecon.config import STAGE_CONFIGS, config_class, load_config
 from neurorecon.foundation.load import PATHS_FILE
-from neurorecon.seeds import _seed_config, aggregate, seed_home, summarise
+from neurorecon.seeds import _seed_config, aggregate, markdown, seed_home, summarise
 from neurorecon.simulate import simulate
 from tiny_weights import write_weights
 
@@ -58,11 +58,14 @@ def test_full_profile_chain_through_one_run_config(tmp_path, capsys):
     assert "[done] 08_paper_figures.ipynb" in out
     # make seeds' tables, here over this one chain: every headline number and ordering is read from the stages
     metrics, orderings = aggregate({0: paths.home()}, "full")
-    assert {"reconstruction", "language"} == set(metrics.source) and metrics.value.notna().any()
+    assert {"reconstruction", "language", "ceiling"} == set(metrics.source) and metrics.value.notna().all()
+    assert len(metrics[metrics.source == "ceiling"]) == 4  # the decoding ceiling: the tree is NSD-mini
     assert {"NV2L > ridge", "brain captions > nearest-neighbour captions"} <= set(orderings.claim)
     summary, holds = summarise(metrics, orderings)
     assert (summary.n_seeds == 1).all() and (summary["mean"] == summary["min"]).all()
     assert set(holds.k_of_n) <= {"0 of 1", "1 of 1"}
+    md = markdown(summary, holds, [0])
+    assert md.count("\n| ") == len(summary) + len(holds) + 1 and "mean over seeds 0" in md
 
 
 def test_seed_run_config_sets_the_simulator_seed_on_top_of_the_users(tmp_path):

@@ -334,3 +334,34 @@ def test_failed_build_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         simulate(out, profile="smoke", progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_noise_free_responses_are_affine_in_the_scene_features(root, cfg):
+    """The premise of the decoding ceiling (neurorecon.simulate.ceiling): the scene features drawn again from the
+    tree's seed are the simulator's, and every noise-free response is an affine function of them."""
+    from neurorecon.simulate import brain
+    from neurorecon.simulate.ceiling import scene_feature_matrix, scene_features_of
+
+    with h5py.File(root / "nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5", "r") as f:
+        ids = np.arange(len(f["imgBrick"]))
+    parts = scene_features_of(root, ids)
+    cats, _, _ = _categories(root)
+    nc = len(scenes.CATEGORIES)
+    assert all(set(np.flatnonzero(parts["high"][k, :nc]) + 1) == cats.get(100000 + i + 1, set()) for k, i in enumerate(ids))
+    F = scene_feature_matrix(root, ids)
+    assert F.shape == (len(ids), sum(p[0].size for p in parts.values())) and np.allclose(F.std(0)[F.std(0) > 0], 1)
+    # the response model is affine in the features (shown on random feature vectors: more of them than features)
+    rng = np.random.default_rng(0)
+    feats = brain.random_features(rng, 1200, cfg.feature_grid)
+    u, v, hemi = rng.random(40), rng.random(40), rng.integers(0, 2, 40)
+    resp = brain.Tuning(0, cfg.feature_grid, subject=1).responses(feats, u, v, hemi)
+    F = np.c_[np.concatenate([feats[k].reshape(1200, -1) for k in ("low", "colpos", "shapepos", "high")], 1),
+              np.ones(1200)]
+    assert len(F) > 2 * F.shape[1]  # more samples than features: a perfect fit is not automatic
+    coef, *_ = np.linalg.lstsq(F, resp, rcond=None)
+    r2 = 1 - ((F @ coef - resp) ** 2).sum(0) / ((resp - resp.mean(0)) ** 2).sum(0)
+    assert r2.min() > 0.999
+    # and a noisy response is not (the test could not fail otherwise)
+    noisy = resp + rng.normal(size=resp.shape)
+    coef, *_ = np.linalg.lstsq(F, noisy, rcond=None)
+    assert (1 - ((F @ coef - noisy) ** 2).sum(0) / ((noisy - noisy.mean(0)) ** 2).sum(0)).max() < 0.999

@@ -106,7 +106,28 @@ def _language_rows(seed, lang):
         if {a, b} <= set(per.columns):
             orderings.append(dict(seed=seed, claim=claim, metric="CIDEr", subjects=len(per),
                                   holds_on=int((per[a] > per[b]).sum())))
+    subj = lang[~lang.subject.astype(str).isin(["mean", "all"])]
+    for qa in sorted(m for m in subj.metric.unique() if str(m).startswith("qa_")):
+        q = subj[subj.metric == qa].pivot_table(index="subject", columns="method", values="value")
+        if {"brain_llava", "shuffled_fmri"} <= set(q.columns):
+            orderings.append(dict(seed=seed, claim="QA: brain > shuffled fMRI + .05", metric=qa, subjects=len(q),
+                                  holds_on=int((q.brain_llava > q.shuffled_fmri + 0.05).sum())))
+    cam = subj[subj.method == "gradcam"].pivot_table(index="subject", columns="metric", values="value")
+    if {"evidence_drop_located", "evidence_drop_random"} <= set(cam.columns):
+        orderings.append(dict(seed=seed, claim="concept: located > random voxels", metric="evidence drop",
+                              subjects=len(cam), holds_on=int((cam.evidence_drop_located
+                                                               > cam.evidence_drop_random).sum())))
     return metrics, orderings
+
+
+def _concept_rows(seed, results):
+    """NV2L's concept check in the reconstruction stage: located vs random voxels, per subject."""
+    c = results[(results.method == "nv2l_concepts") & (results.subject.astype(str) != "all")]
+    c = c.pivot_table(index="subject", columns="metric", values="value")
+    if not {"score_drop_located", "score_drop_random"} <= set(c.columns):
+        return []
+    return [dict(seed=seed, claim="concept: located > random voxels", metric="reconstruction score drop",
+                 subjects=len(c), holds_on=int((c.score_drop_located > c.score_drop_random).sum()))]
 
 
 def _ceiling_rows(seed, profile, log=print):
@@ -166,6 +187,7 @@ def aggregate(homes, profile="demo", log=print):
             res = load_results(profile)
             beta = yaml.safe_load((res["folder"] / "config.yaml").read_text())["nv2l_beta"]  # as the stage ran
             m, o = _recon_rows(seed, res["results"], res["sweeps"], beta)
+            o += _concept_rows(seed, read_metrics(res["folder"]))
             m2, o2 = _language_rows(seed, read_metrics(require_stage("language", profile)))
             m3 = _ceiling_rows(seed, profile, log)
         metrics += m + m2 + m3

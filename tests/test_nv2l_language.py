@@ -216,6 +216,53 @@ def test_brain_llava_stages_generation_and_persistence(tiny, tmp_path):
         BrainLlava.from_pretrained(tmp_path / "nothing")
 
 
+def test_mixer_projector_and_mean_fmri(tiny, tmp_path):
+    """The token-mixing projector trains, answers from the fMRI and survives save/load; ``fmri="mean"`` pairs a
+    record with the mean of its image's trials (padding rows ignored), ``"trial"`` with one of them."""
+    from neurorecon.nv2l.llava import TokenMixer
+    from neurorecon.nv2l.tuning import llava_loss
+
+    fm, enc = tiny
+    import copy
+
+    llava = BrainLlava(enc, copy.deepcopy(fm.lm), copy.deepcopy(fm.lm_tokenizer), projector="mixer",
+                       projector_tokens=3)
+    assert isinstance(llava.projector, TokenMixer)
+    assert llava.image_tokens(torch.zeros(2, 256)).shape == (2, 3, fm.lm.get_input_embeddings().embedding_dim)
+    n, V = 16, 256
+    rng = np.random.default_rng(0)
+    codes = rng.normal(size=(4, V)).astype(np.float32) * 2
+    # two trials per image: the code plus noise of opposite signs, so only their mean is the clean code
+    noise = rng.normal(size=(n, V)).astype(np.float32)
+    vox = torch.from_numpy(np.concatenate([codes[np.arange(n) % 4] + noise, codes[np.arange(n) % 4] - noise]))
+    rows = np.stack([np.arange(n), np.arange(n) + n], 1)
+    data = llava_batches(_records(n), llava.tokenizer, lambda ids: (rows[ids], np.full(len(ids), 2)), 64)
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x, *rest):
+            seen.append(x)
+            return x.sum() * 0
+
+    batch = data.batch(np.arange(4))
+    for fmri in ("mean", "trial"):
+        llava_loss(vox, fmri)(Spy(), batch, torch.Generator().manual_seed(0))
+    assert torch.allclose(seen[0], torch.from_numpy(codes[np.arange(4) % 4]), atol=1e-5)
+    assert all(torch.allclose(x, vox[k]) or torch.allclose(x, vox[k + n]) for k, x in enumerate(seen[1]))
+    train_llava_stage(llava, data, vox, 1, steps=5, batch_size=8, lr=1e-3, fmri="mean", progress=False)
+    train_llava_stage(llava, data, vox, 2, steps=120, batch_size=8, lr=3e-3, fmri="mean", progress=False)
+    clean = torch.from_numpy(codes[np.arange(8) % 4])
+    answers = llava.generate(clean.numpy(), "What colour is it?", max_new_tokens=8)
+    truth = [["red", "blue", "green", "yellow"][i % 4] for i in range(8)]
+    assert sum(a == f"It is {t}." for a, t in zip(answers, truth)) >= 6
+    llava.save_pretrained(tmp_path / "bl")
+    again = BrainLlava.from_pretrained(tmp_path / "bl")
+    assert isinstance(again.projector, TokenMixer)
+    assert again.generate(clean.numpy(), "What colour is it?", max_new_tokens=8) == answers
+    with pytest.raises(ConfigError, match="llava_fmri 'median'"):
+        llava_loss(vox, "median")
+
+
 def test_lora_without_peft_gives_a_clear_error(tiny):
     pytest.importorskip("torch")
     try:

@@ -19,11 +19,12 @@ import torch
 import torch.nn as nn
 
 from ..devices import torch_dtype
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .tuning import IGNORE, apply_lora, llava_batches, llava_loss, quiet_peft, train_llava_stage
 from .vit3d import ViT3D, mlp_head
 
-__all__ = ["IMAGE_TOKEN", "HUMAN", "BOT", "prepare_tokenizer", "encode_chat", "prompt_ids", "BrainLlava",
+__all__ = ["IMAGE_TOKEN", "HUMAN", "BOT", "PROJECTORS", "TokenMixer", "make_projector", "prepare_tokenizer",
+           "encode_chat", "prompt_ids", "BrainLlava",
            "llava_batches", "llava_loss", "train_llava_stage", "apply_lora"]
 
 IMAGE_TOKEN = "<image>"
@@ -113,6 +114,44 @@ def prompt_ids(tokenizer, question, history=()):
     return ids
 
 
+PROJECTORS = ("mlp2x_gelu", "mixer")
+
+
+class TokenMixer(nn.Module):
+    """A projector that reads every fMRI token at once: the (T, W) tokens flattened, mapped linearly to ``n_out``
+    tokens, then a per-token GELU + linear layer (LLaVA's MLP projector maps each token on its own; this one lets
+    an output token combine cubes from anywhere in the volume, e.g. a colour at a visual-field position that
+    several cortical patches encode).
+
+    Parameters
+    ----------
+    n_tokens, d_in : int
+        Input tokens and their width.
+    n_out, d_out : int
+        Output tokens and their width (the LM's).
+    """
+
+    def __init__(self, n_tokens, d_in, n_out, d_out):
+        super().__init__()
+        self.n_out, self.d_out = int(n_out), int(d_out)
+        self.mix = nn.Linear(int(n_tokens) * int(d_in), self.n_out * self.d_out)
+        self.out = nn.Sequential(nn.GELU(), nn.Linear(self.d_out, self.d_out))
+
+    def forward(self, tokens):
+        mixed = self.mix(tokens.flatten(1)).view(len(tokens), self.n_out, self.d_out)
+        return self.out(mixed)
+
+
+def make_projector(kind, encoder, lm_width, n_out=8):
+    """The projector of a brain LLaVA: ``"mlp2x_gelu"`` (LLaVA's, per token) or ``"mixer"`` (:class:`TokenMixer`,
+    ``n_out`` tokens)."""
+    if kind == "mlp2x_gelu":
+        return mlp_head(encoder.width, lm_width, lm_width)
+    if kind == "mixer":
+        return TokenMixer(encoder.n_tokens, encoder.width, n_out, lm_width)
+    raise ConfigError(f"projector {kind!r}: expected one of {', '.join(PROJECTORS)}")
+
+
 class BrainLlava(nn.Module):
     """Frozen ViT3D + trainable projector + causal LM.
 
@@ -124,11 +163,14 @@ class BrainLlava(nn.Module):
     tokenizer : transformers tokenizer (gets a pad and an ``<image>`` token if missing)
     feature_layer : int
         ViT3D block whose output tokens are used (``-2``: the penultimate layer, as NV2L).
-    projector : nn.Module, optional
-        Default: a 2-layer MLP from the encoder width to the LM width.
+    projector : {"mlp2x_gelu", "mixer"} or nn.Module
+        ``"mlp2x_gelu"`` (LLaVA's 2-layer MLP from the encoder width to the LM width, per token), ``"mixer"``
+        (:class:`TokenMixer`, ``projector_tokens`` output tokens) or a module of your own.
+    projector_tokens : int
+        Output tokens of the ``"mixer"`` projector.
     """
 
-    def __init__(self, encoder, lm, tokenizer, feature_layer=-2, projector=None):
+    def __init__(self, encoder, lm, tokenizer, feature_layer=-2, projector="mlp2x_gelu", projector_tokens=8):
         super().__init__()
         self.encoder = encoder.eval().requires_grad_(False)
         self.lm = lm
@@ -136,7 +178,10 @@ class BrainLlava(nn.Module):
         self.image_token_id = prepare_tokenizer(tokenizer)
         self.feature_layer = int(feature_layer)
         hidden = lm.get_input_embeddings().embedding_dim
-        self.projector = projector if projector is not None else mlp_head(encoder.width, hidden, hidden)
+        self.projector_kind = projector if isinstance(projector, str) else "custom"
+        self.projector_tokens = int(projector_tokens)
+        self.projector = (make_projector(projector, encoder, hidden, projector_tokens) if isinstance(projector, str)
+                          else projector)
 
     def train(self, mode=True):
         super().train(mode)
@@ -261,7 +306,8 @@ class BrainLlava(nn.Module):
         lora = hasattr(self.lm, "peft_config")
         base = self.lm.get_base_model() if lora else self.lm
         cfg = dict(feature_layer=self.feature_layer, encoder_width=self.encoder.width,
-                   lm_width=base.get_input_embeddings().embedding_dim, projector="mlp2x_gelu",
+                   lm_width=base.get_input_embeddings().embedding_dim, projector=self.projector_kind,
+                   projector_tokens=self.projector_tokens,
                    prompt=f"{HUMAN}{IMAGE_TOKEN}\\n{{instruction}}{BOT}{{answer}}",
                    lm="lora" if lora else "full", lm_dtype=str(base.dtype).replace("torch.", ""))
         with _quiet_transformers():
@@ -302,7 +348,8 @@ class BrainLlava(nn.Module):
         encoder = ViT3D.from_pretrained(folder / "encoder", device)
         with _quiet_transformers():
             lm, tok = _load_lm(folder, lm_dir, cfg, base_lm, dtype)
-        model = cls(encoder, lm.to(device).eval(), tok, cfg["feature_layer"])
+        model = cls(encoder, lm.to(device).eval(), tok, cfg["feature_layer"], cfg.get("projector", "mlp2x_gelu"),
+                    cfg.get("projector_tokens", 8))
         model.projector.load_state_dict(load_file(str(folder / "projector.safetensors")))
         return model.to(device).eval()
 

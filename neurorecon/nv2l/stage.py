@@ -96,6 +96,9 @@ class LanguageConfig(StageConfig):
     lm_path: Optional[str] = None
     lm_copy: bool = True
     feature_layer: int = -2
+    projector: str = "mlp2x_gelu"
+    projector_tokens: int = 8
+    llava_fmri: str = "trial"
     max_text_tokens: int = 192
     stage1_types: list[str] = dataclasses.field(default_factory=lambda: ["brief", "reconstruction"])
     stage1_epochs: float = 1.0
@@ -184,6 +187,13 @@ def _check_cfg(cfg):
         raise ConfigError(f"language config: concept_cam {cfg.concept_cam!r}: expected one of {list(CAM_METHODS)}")
     if "{}" not in cfg.concept_extraction_prompt:
         raise ConfigError("language config: concept_extraction_prompt needs a {} for the user's instruction")
+    from .llava import PROJECTORS
+    from .tuning import FMRI_SAMPLES
+
+    if cfg.projector not in PROJECTORS:
+        raise ConfigError(f"language config: projector {cfg.projector!r}: expected one of {list(PROJECTORS)}")
+    if cfg.llava_fmri not in FMRI_SAMPLES:
+        raise ConfigError(f"language config: llava_fmri {cfg.llava_fmri!r}: expected one of {list(FMRI_SAMPLES)}")
     if cfg.caption_tokenizer not in ("ptb", "simple"):
         raise ConfigError(f"language config: caption_tokenizer {cfg.caption_tokenizer!r}: expected ptb or simple")
 
@@ -488,7 +498,7 @@ def _run(cfg, fm, progress, log, acc):
         t = time.time()
         lm, tok = load_lm(cfg, fm)
         torch.manual_seed(cfg.seed + 1)
-        llava = BrainLlava(encoder, lm, tok, cfg.feature_layer)
+        llava = BrainLlava(encoder, lm, tok, cfg.feature_layer, cfg.projector, cfg.projector_tokens)
         max_pos = getattr(lm.config, "max_position_embeddings", None) or 10 ** 6
         max_len = max(16, min(cfg.max_text_tokens, max_pos - encoder.n_tokens))
         vox = torch.from_numpy(trials.voxels)
@@ -499,7 +509,8 @@ def _run(cfg, fm, progress, log, acc):
             data = llava_batches(records, tok, trials.trials_of, max_len)
             steps, record = _steps(cfg, len(records), epochs, st, batch, f"stage{stage}_steps")
             res = train_llava_stage(llava, data, vox, stage, steps=steps, batch_size=batch, lr=lr, seed=cfg.seed,
-                                    lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                    fmri=cfg.llava_fmri, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                    lora_dropout=cfg.lora_dropout,
                                     lora_targets=cfg.lora_targets, gradient_checkpointing=cfg.gradient_checkpointing,
                                     grad_accum=cfg.grad_accum, ckpt_dir=checkpoint_dir(cfg, f"llava{stage}"),
                                     ckpt_every=cfg.ckpt_every, mixed_precision=cfg.mixed_precision,

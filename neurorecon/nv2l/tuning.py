@@ -27,7 +27,7 @@ import torch
 from ..errors import ConfigError
 from ..training import ArrayBatches, fit
 
-__all__ = ["IGNORE", "LORA_TARGETS", "llava_batches", "llava_loss", "quiet_peft", "apply_lora", "trainable_summary",
+__all__ = ["IGNORE", "LORA_TARGETS", "FMRI_SAMPLES", "llava_batches", "llava_loss", "quiet_peft", "apply_lora", "trainable_summary",
            "train_llava_stage"]
 
 IGNORE = -100
@@ -62,15 +62,25 @@ def llava_batches(records, tokenizer, trial_rows, max_len):
     return ArrayBatches(input_ids=ids, labels=labels, attention_mask=mask, trials=rows, n_trials=counts)
 
 
-def llava_loss(voxels):
-    """``loss_fn`` for :func:`neurorecon.training.fit`: one random training trial of each record's image, padding
-    cropped to the batch's longest record."""
+FMRI_SAMPLES = ("trial", "mean")
+
+
+def llava_loss(voxels, fmri="trial"):
+    """``loss_fn`` for :func:`neurorecon.training.fit`: the fMRI of each record's image (``fmri="trial"``: one random
+    training trial, NV2L; ``"mean"``: the mean of its training trials, as the test fMRI is averaged over
+    repetitions), padding cropped to the batch's longest record."""
+    if fmri not in FMRI_SAMPLES:
+        raise ConfigError(f"llava_fmri {fmri!r}: expected one of {', '.join(FMRI_SAMPLES)}")
 
     def loss_fn(model, batch, gen):
         device = batch["input_ids"].device
         trials, n = batch["trials"].cpu(), batch["n_trials"].cpu()
-        pick = (torch.rand(len(n), generator=gen) * n).long().clamp(max=trials.shape[1] - 1)
-        x = voxels[trials[torch.arange(len(n)), pick]].float().to(device)
+        if fmri == "mean":
+            weight = (torch.arange(trials.shape[1])[None] < n[:, None]).float() / n[:, None]
+            x = torch.einsum("br,brv->bv", weight, voxels[trials].float()).to(device)
+        else:
+            pick = (torch.rand(len(n), generator=gen) * n).long().clamp(max=trials.shape[1] - 1)
+            x = voxels[trials[torch.arange(len(n)), pick]].float().to(device)
         L = int(batch["attention_mask"].sum(1).max())
         return model(x, batch["input_ids"][:, :L], batch["attention_mask"][:, :L], batch["labels"][:, :L])
 
@@ -164,7 +174,7 @@ def _prepare_stage(model, stage, lora):
 
 def train_llava_stage(model, data, voxels, stage, *, steps, batch_size, lr, weight_decay=0.0, seed=0, lora_r=0,
                       lora_alpha=16, lora_dropout=0.05, lora_targets=LORA_TARGETS, gradient_checkpointing=False,
-                      grad_accum=1, ckpt_dir=None, ckpt_every=0, mixed_precision="no", progress=True,
+                      fmri="trial", grad_accum=1, ckpt_dir=None, ckpt_every=0, mixed_precision="no", progress=True,
                       accelerator=None):
     """Stage 1 (projector) or stage 2 (projector + LoRA adapters, or projector + the whole LM).
 
@@ -179,6 +189,8 @@ def train_llava_stage(model, data, voxels, stage, *, steps, batch_size, lr, weig
     lora_r, lora_alpha, lora_dropout, lora_targets : LoRA in stage 2 (``lora_r: 0`` = full fine-tuning).
     gradient_checkpointing : bool
         Recompute the LM's decoder layers in the backward pass (non-reentrant checkpointing).
+    fmri : {"trial", "mean"}
+        The fMRI a record is paired with: one random trial of its image per step, or the mean of its trials.
     grad_accum : int
         Micro-batches per optimizer step (needs :func:`neurorecon.training.fit` with ``grad_accum``).
     ckpt_dir, ckpt_every, mixed_precision, progress, accelerator : see :func:`neurorecon.training.fit`.
@@ -206,7 +218,7 @@ def train_llava_stage(model, data, voxels, stage, *, steps, batch_size, lr, weig
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        return fit(model, llava_loss(voxels), data, steps=steps, batch_size=batch_size, lr=lr,
+        return fit(model, llava_loss(voxels, fmri), data, steps=steps, batch_size=batch_size, lr=lr,
                    weight_decay=weight_decay, seed=seed, params=params, ckpt_dir=ckpt_dir, ckpt_every=ckpt_every,
                    mixed_precision=mixed_precision, desc=f"LLaVA stage {stage}", progress=progress,
                    log_every=max(1, steps // 100), **extra)

@@ -147,12 +147,11 @@ def _ceiling_rows(seed, profile, log=print):
     from .nv2l.encoder import test_voxels
     from .nv2l.vit3d import ViT3D
     from .simulate.ceiling import decoding_ceiling
-
-    from .simulate.core import TRUTH_FILE
+    from .simulate.truth import TRUTH_FILE, load_truth
 
     recorded = yaml.safe_load((require_stage("data", profile) / "config.yaml").read_text())
     nsd_root = Path(recorded["nsd_root"]) if recorded.get("nsd_root") else paths.simulated_nsd_dir(profile)
-    if not (nsd_root / TRUTH_FILE).is_file():
+    if load_truth(nsd_root) is None:
         log(f"seed {seed}: {nsd_root} is not a simulated tree (no {TRUTH_FILE}): no decoding ceiling")
         return []
     store = open_store(store_path(profile))

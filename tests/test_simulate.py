@@ -347,9 +347,11 @@ def test_noise_free_responses_are_affine_in_the_scene_features(root, cfg):
     parts = scene_features_of(root, ids)
     cats, _, _ = _categories(root)
     nc = len(scenes.CATEGORIES)
-    assert all(set(np.flatnonzero(parts["high"][k, :nc]) + 1) == cats.get(100000 + i + 1, set()) for k, i in enumerate(ids))
+    assert all(set(np.flatnonzero(parts["high"][k, :nc]) + 1) == cats.get(100000 + i + 1, set())  # cocoId = 100001 + id
+               for k, i in enumerate(ids))
     F = scene_feature_matrix(root, ids)
-    assert F.shape == (len(ids), sum(p[0].size for p in parts.values())) and np.allclose(F.std(0)[F.std(0) > 0], 1)
+    sd = F.std(0)
+    assert F.shape == (len(ids), sum(p[0].size for p in parts.values())) and np.allclose(sd[sd > 0], 1)
     # the response model is affine in the features (shown on random feature vectors: more of them than features)
     rng = np.random.default_rng(0)
     feats = brain.random_features(rng, 1200, cfg.feature_grid)

@@ -27,8 +27,8 @@ import torch
 from ..errors import ConfigError
 from ..training import ArrayBatches, fit
 
-__all__ = ["IGNORE", "LORA_TARGETS", "FMRI_SAMPLES", "llava_batches", "llava_loss", "quiet_peft", "apply_lora", "trainable_summary",
-           "train_llava_stage"]
+__all__ = ["IGNORE", "LORA_TARGETS", "FMRI_SAMPLES", "llava_batches", "llava_loss", "quiet_peft", "apply_lora",
+           "trainable_summary", "train_llava_stage"]
 
 IGNORE = -100
 #: Every linear layer of a Llama decoder block (LLaVA's LoRA recipe adapts all of them).

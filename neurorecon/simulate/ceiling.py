@@ -10,7 +10,6 @@ identification of the held-out images in the target space, next to ridge from th
 demo's "deep model vs linear decoder" orderings can be read against them (``make seeds``; README).
 """
 
-import json
 from pathlib import Path
 
 import h5py
@@ -19,16 +18,17 @@ import numpy as np
 from ..errors import DataError
 from . import brain, scenes
 from .core import TRUTH_FILE, _rng
+from .truth import load_truth
 
 __all__ = ["scene_features_of", "scene_feature_matrix", "rbf_kernel_ridge", "decoding_ceiling"]
 
 
 def _truth(nsd_root):
-    path = Path(nsd_root) / TRUTH_FILE
-    if not path.is_file():
-        raise DataError(path, "NSD-mini's simulation record (the decoding ceiling exists only for simulated data)",
-                        "no such file")
-    return json.loads(path.read_text())
+    truth = load_truth(nsd_root)
+    if truth is None:
+        raise DataError(Path(nsd_root) / TRUTH_FILE, "NSD-mini's simulation record (the decoding ceiling exists only "
+                                                    "for simulated data)", "no such file")
+    return truth
 
 
 def scene_features_of(nsd_root, image_ids):

@@ -43,9 +43,9 @@ from ..errors import ConfigError, DataError
 from ..simulate.scenes import BACKGROUND_PHRASES, PLURALS, POSITION_CENTERS
 
 __all__ = ["BRIEF_TEMPLATES", "DETAILED_TEMPLATES", "RECONSTRUCTION_PROMPT", "CONCEPT_TEMPLATE", "RECORD_TYPES",
-           "NUMBER_WORDS", "WHERE", "TemplateDialogues", "scene_objects", "build_records", "build_instruction_data",
-           "write_llava_json", "read_llava_json", "load_generator", "load_captioner", "add_captions", "qa_questions",
-           "image_file_name"]
+           "NUMBER_WORDS", "WHERE", "TemplateDialogues", "annotated_categories", "scene_objects", "build_records",
+           "build_instruction_data", "write_llava_json", "read_llava_json", "load_generator", "load_captioner",
+           "add_captions", "qa_questions", "image_file_name"]
 
 BRIEF_TEMPLATES = (
     "Describe the image concisely.",
@@ -136,6 +136,11 @@ def _cap(text):
 
 def _nearest_position(cx, cy):
     return min(POSITION_CENTERS, key=lambda p: (POSITION_CENTERS[p][0] - cx) ** 2 + (POSITION_CENTERS[p][1] - cy) ** 2)
+
+
+def annotated_categories(annotations):
+    """Every object category of a store's annotations (``store.annotations``), sorted: the concept vocabulary."""
+    return sorted({i["category"] for a in annotations.values() for i in a.get("instances") or []})
 
 
 def scene_objects(annotation, image_size):
@@ -420,7 +425,7 @@ def build_instruction_data(annotations, image_ids, image_size, generator=None, s
     image_size : int
     generator, seed, types : see :func:`build_records`.
     """
-    categories = sorted({i["category"] for a in annotations.values() for i in a.get("instances") or []})
+    categories = annotated_categories(annotations)
     out = []
     for image_id in image_ids:
         out += build_records(int(image_id), annotations[int(image_id)], image_size, generator, seed, categories,

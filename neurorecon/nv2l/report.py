@@ -8,7 +8,7 @@ import torch
 
 from .concepts import concept_maps as _concept_maps
 from .encoder import test_voxels
-from .instructions import read_llava_json, scene_objects
+from .instructions import annotated_categories, read_llava_json, scene_objects
 
 __all__ = ["load_outputs", "record_counts", "format_record", "dialogues", "concept_encoders", "concept_maps",
            "extraction_table", "encoder_table", "ablation_table", "specificity_table", "multi_object_image"]
@@ -82,7 +82,7 @@ def concept_maps(encoders, fm, store, subject, image_id, cfg):
     k = int(np.flatnonzero(ids == image_id)[0])
     concepts = sorted({o["category"] for o in scene_objects(store.annotations[int(image_id)],
                                                             store.meta["image_size"])})
-    cats = sorted({i["category"] for a in store.annotations.values() for i in a.get("instances") or []})
+    cats = annotated_categories(store.annotations)
     text = fm.text_embeds([cfg.concept_prompt.format(c) for c in cats]).float().cpu()
     xs = torch.from_numpy(np.repeat(x[k:k + 1], len(concepts), 0))
     maps = _concept_maps(encoders, xs, text[[cats.index(c) for c in concepts]], cfg.concept_cam,

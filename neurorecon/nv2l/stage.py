@@ -46,7 +46,8 @@ from .encoder import (build_vit3d, compute_targets, evaluate_vit3d, image_means,
                       training_trials)
 from .evaluate import derangement, majority_chance, qa_accuracy, qa_items, run_qa
 from .export import export_llava
-from .instructions import add_captions, build_instruction_data, load_captioner, load_generator, scene_objects
+from .instructions import (add_captions, annotated_categories, build_instruction_data, load_captioner, load_generator,
+                           scene_objects)
 from .llava import BrainLlava, llava_batches, train_llava_stage
 from .long_answers import LONG_TYPES, evaluate_long_answers
 from .tuning import LORA_TARGETS, trainable_summary
@@ -303,7 +304,7 @@ def _train_concept_encoders(cfg, store, targets, train_rows, trials, acc, progre
 def _evaluate_concepts(w, cfg, fm, encoders, llava, store, subjects, log=print):
     """Concept localisation (``concepts.py``): LLM extraction from varied instructions, Grad-CAM maps (ensemble),
     the evidence ablation check and the maps' specificity against the simulator's category tuning."""
-    cats = sorted({i["category"] for a in store.annotations.values() for i in a.get("instances") or []})
+    cats = annotated_categories(store.annotations)
     text = fm.text_embeds([cfg.concept_prompt.format(c) for c in cats]).float().cpu()
     contrast = text if cfg.concept_contrast else None
     frames, saved, spec = [], {}, []

@@ -80,8 +80,10 @@ def _to_psc(values, path):
     bad = ~np.isfinite(out)
     if bad.any():
         trials, vox = np.nonzero(bad)
-        raise DataError(path, "finite betas in every nsdgeneral voxel",
-                        f"{bad.sum()} non-finite values (first at trial {trials[0]}, voxel #{vox[0]})")
+        raise DataError(path, "finite betas at every voxel (or vertex) read: nsdgeneral and the voxels resampling "
+                        "onto the common grid interpolates from",
+                        f"{bad.sum()} non-finite values (first at trial {trials[0]}, voxel #{vox[0]} of those "
+                        "read)")
     return out
 
 

@@ -21,12 +21,16 @@ from .betas import load_volume, read_session, read_surface, session_shape
 from .design import read_design
 from .flatmap import load_flatmap, save_flatmap
 from .layout import NSDLayout
-from .resample import resample_mask, trilinear_matrix
+from .resample import resample_mask, trilinear_matrix, trilinear_support
 from .store import FORMAT_VERSION
 
 __all__ = ["prepare", "PRF_NAMES", "STREAM_NAMES", "session_plan"]
 
 log = logging.getLogger(__name__)
+
+#: How the ``*_common`` arrays are made (recorded in ``subject.json`` and ``store.json``; stores prepared before
+#: it was recorded resampled only each subject's nsdgeneral voxels, zeros elsewhere).
+COMMON_RESAMPLING = "volume"
 
 PRF_NAMES = {1: "V1v", 2: "V1d", 3: "V2v", 4: "V2d", 5: "V3v", 6: "V3d", 7: "hV4"}
 STREAM_NAMES = {1: "early", 2: "midventral", 3: "midlateral", 4: "midparietal", 5: "ventral", 6: "lateral",
@@ -96,6 +100,21 @@ def _roi_columns(layout, subject, ijk, shape):
     return rois
 
 
+def _volume_sources(mask, common):
+    """The voxels to read from a subject's betas: its nsdgeneral voxels and every voxel that trilinear resampling
+    of the whole volume onto the union mask on subject 1's grid reads (the paper resamples the volume, then masks).
+
+    Returns ``(read_ijk, own_cols, n_support, resample)``: the voxels to read (``np.argwhere`` order), the
+    columns of the nsdgeneral voxels among them, how many voxels the resampling reads, and the sparse
+    (n_union × n_read) map.
+    """
+    support = trilinear_support(mask.shape, common["union_ijk"], common["shape"])
+    read_ijk = np.argwhere(mask | support)
+    own_cols = np.flatnonzero(mask[tuple(read_ijk.T)])
+    resample = trilinear_matrix(read_ijk, mask.shape, common["union_ijk"], common["shape"])
+    return read_ijk, own_cols, int(support.sum()), resample
+
+
 def _prepare_subject(layout, design, subject, folder, common, flatmap, progress, max_sessions=None):
     mask, affine, roi_path = _nsdgeneral(layout, subject)
     ijk = np.argwhere(mask)
@@ -116,7 +135,7 @@ def _prepare_subject(layout, design, subject, folder, common, flatmap, progress,
             raise DataError(missing, "surface betas for every session that has volume betas", "no such file")
         log.warning("subj%02d: no surface betas; flat maps are not prepared", subject)
 
-    resample = trilinear_matrix(ijk, mask.shape, common["union_ijk"], common["shape"])
+    read_ijk, own_cols, n_support, resample = _volume_sources(mask, common)
     n_common = len(common["union_ijk"])
     outs = {}
     for split, sel in (("train", ~is_test), ("test_trial", is_test)):
@@ -136,7 +155,8 @@ def _prepare_subject(layout, design, subject, folder, common, flatmap, progress,
     bar = tqdm(plan, desc=f"subj{subject:02d} sessions", disable=not progress, leave=False)
     for ses, path, n, start in bar:
         train = ~is_test[start:start + n]
-        z = _zscore(read_session(path, ijk, mask.shape, roi_path), train)
+        z_read = _zscore(read_session(path, read_ijk, mask.shape, roi_path), train)
+        z = z_read[:, own_cols]
         flat = None
         if surface:
             hemis = []
@@ -152,9 +172,10 @@ def _prepare_subject(layout, design, subject, folder, common, flatmap, progress,
             keep = o["sel"][start:start + n]
             k = int(keep.sum())
             o["betas"][rows:rows + k] = z[keep]
-            o["common"][rows:rows + k] = (resample @ z[keep].T).T
+            o["common"][rows:rows + k] = (resample @ z_read[keep].T).T
             if flat is not None:
                 o["flat"][rows:rows + k] = flat[keep]
+        del z_read, z, flat  # not held while the next session is read
     for o in outs.values():
         for key in ("betas", "common", "flat"):
             if o[key] is not None:
@@ -172,7 +193,9 @@ def _prepare_subject(layout, design, subject, folder, common, flatmap, progress,
     info = dict(subject=subject, volume_shape=list(mask.shape), affine=np.asarray(affine).tolist(),
                 n_voxels=int(len(ijk)), sessions=[p[0] for p in plan], session_files=[str(p[1]) for p in plan],
                 n_train_trials=int((~is_test).sum()), n_test_trials=int(is_test.sum()),
-                n_test_images=int(np.unique(ids[is_test]).size), flat_maps=bool(surface), n_resting=resting)
+                n_test_images=int(np.unique(ids[is_test]).size), flat_maps=bool(surface), n_resting=resting,
+                common_resampling=COMMON_RESAMPLING, common_source_voxels=n_support,
+                common_source_voxels_outside_nsdgeneral=int(len(read_ijk) - len(ijk)))
     (folder / "subject.json").write_text(json.dumps(info, indent=1))
     return ids[~is_test], ids[is_test], info
 
@@ -373,6 +396,7 @@ def prepare(nsd_root, out, subjects=None, coco_root=None, flatmap=None, image_si
                     n_images=int(len(ids)),
                     n_test_images=int(len(all_test)), common_shape=list(common["shape"]),
                     n_common_voxels=int(len(common["union_ijk"])), seconds=round(time.time() - t0, 2),
+                    common_resampling=COMMON_RESAMPLING,
                     normalisation="z-score per voxel within each session using that session's training trials "
                                   "(mean, population std); test trials use the same statistics")
         (tmp / "store.json").write_text(json.dumps(meta, indent=1))

@@ -9,7 +9,8 @@ Layout of a store folder::
     common_grid.npz         shape (subject 1's X, Y, Z), union_ijk: voxels of the union nsdgeneral mask there
     flatmap.npz             the flat-map projection used (if surface data was prepared)
     subjXX/
-      subject.json          volume shape, affine, sessions, counts
+      subject.json          volume shape, affine, sessions, counts, common_resampling ("volume"; absent in
+                            stores whose common arrays resampled only the nsdgeneral voxels), common_source_voxels
       voxel_ijk.npy         (V, 3) NIfTI indices of nsdgeneral voxels, np.argwhere order
       rois.json             {"prf-visualrois": {name: [columns]}, "streams": {...}}
       train_betas.npy       (train trials, V) float32, z-scored within session (training trials' stats)
@@ -17,7 +18,8 @@ Layout of a store folder::
       train_sessions.npy    (train trials,) int16, 1-based session of each trial
       test_trial_betas.npy  (test trials, V) float32, same normalisation
       test_trial_image_ids.npy
-      train_common.npy / test_trial_common.npy   (trials, n_union) float16: volumes on subject 1's grid
+      train_common.npy / test_trial_common.npy   (trials, n_union) float16: each trial's z-scored volume resampled
+                            (trilinear) onto subject 1's grid at the union mask's voxels
       train_flat.npy / test_trial_flat.npy       (trials, H, W) float16: flat maps (if surface data)
       resting_flat.npy      (n, H, W) float16: unlabeled resting maps (if present)
 

@@ -48,6 +48,10 @@ class StageConfig:
     STAGE: typing.ClassVar[str] = ""
     NOTEBOOK: typing.ClassVar[str] = ""
 
+    #: Bumped when the stage's code changes what it writes for the same config values, so that artifacts made by
+    #: the older code are not reused (part of :meth:`digest` when non-zero; 0 leaves digests as they were).
+    RECIPE: typing.ClassVar[int] = 0
+
     profile: str = "demo"
 
     def to_dict(self):
@@ -58,7 +62,10 @@ class StageConfig:
 
     def digest(self):
         """A short hash of the resolved values: a stage is 'complete with the same config' when it matches."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        values = self.to_dict()
+        if self.RECIPE:
+            values["_recipe"] = self.RECIPE
+        blob = json.dumps(values, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

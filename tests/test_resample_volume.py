@@ -103,3 +103,18 @@ def test_memory_of_preparing_does_not_grow_with_sessions(tmp_path, monkeypatch):
     assert max(held) - min(held) < 0.25 * session_bytes, (held, session_bytes)
     assert peaks[4] - peaks[1] < 0.25 * session_bytes, (peaks, session_bytes)
 
+
+def test_stores_prepared_before_the_change_are_rebuilt_not_reused():
+    """The data stage's digest carries its RECIPE, so a data stage (and the stages built on it) made by the code
+    that resampled only nsdgeneral voxels no longer counts as complete; stages without a RECIPE keep digests."""
+    import hashlib
+
+    from neurorecon.config import config_class, load_config
+
+    def digest_before(cfg):
+        return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    data = load_config(config_class("data"), "demo")
+    assert data.RECIPE >= 1 and data.digest() != digest_before(data)
+    foundation = load_config(config_class("foundation"), "demo")
+    assert foundation.RECIPE == 0 and foundation.digest() == digest_before(foundation)

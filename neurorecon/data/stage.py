@@ -31,6 +31,9 @@ class DataConfig(StageConfig):
 
     STAGE = "data"
     NOTEBOOK = "01_data_preparation"
+    #: 1: the ``*_common`` arrays resample each subject's whole volume (its voxels that the interpolation onto the
+    #: union mask reads), not only its nsdgeneral voxels; stores prepared before are rebuilt, not reused.
+    RECIPE = 1
 
     nsd_root: Optional[str] = None
     simulate: bool = True
@@ -138,6 +141,7 @@ def run_data_stage(cfg, force=False, progress=True):
         for s in st.subjects:
             sub = st.subject(s)
             w.add_metric("prepare", s, "all", "n_voxels", len(sub.voxel_ijk))
+            w.add_metric("prepare", s, "all", "n_common_source_voxels", sub.info["common_source_voxels"])
             w.add_metric("prepare", s, "train", "n_trials", len(sub.train_image_ids))
             w.add_metric("prepare", s, "test", "n_trials", len(sub.test_trial_image_ids))
             w.add_metric("prepare", s, "test", "n_images", len(sub.test_image_ids))

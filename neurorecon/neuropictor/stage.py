@@ -112,6 +112,7 @@ class RefineConfig(_Common):
     steps: Optional[int] = 300
     lr: float = 1.0e-3
     semantic_weight: float = 0.1
+    semantic_target: str = "context"
     residual_init: str = "copy"
     mask_steps: Optional[int] = 60
     mask_epochs: Optional[float] = None
@@ -162,6 +163,9 @@ def _setup(cfg, foundation):
                           f"{cfg.repetitions!r}")
     if getattr(cfg, "residual_init", "copy") not in ("copy", "random"):
         raise ConfigError(f"{cfg.STAGE} config: residual_init must be 'copy' or 'random', got {cfg.residual_init!r}")
+    if _semantic_target(cfg) not in ("context", "final"):
+        raise ConfigError(f"{cfg.STAGE} config: semantic_target must be 'context' or 'final', got "
+                          f"{cfg.semantic_target!r}")
     if cfg.max_grad_norm < 0:
         raise ConfigError(f"{cfg.STAGE} config: max_grad_norm must be >= 0 (0 = no clipping), got {cfg.max_grad_norm}")
     if cfg.scheduler not in ("ddim", "dpm++"):
@@ -176,9 +180,12 @@ def _setup(cfg, foundation):
 
 def train_neuropictor(model, data, fm, *, steps, batch_size, lr, weight_decay, seed, ckpt_dir, ckpt_every,
                       mixed_precision="no", gradient_checkpointing=False, desc="NeuroPictor", progress=True,
-                      accelerator=None, stop_after=None, max_grad_norm=1.0, grad_accum=1):
-    """:func:`neurorecon.training.fit` with NeuroPictor's loss (gradients clipped to ``max_grad_norm``, 0 = off). With a semantic weight, each sample's target is
-    the text tokens of one of its image's captions, drawn from the step's generator (resume-exact)."""
+                      accelerator=None, stop_after=None, max_grad_norm=1.0, grad_accum=1, semantic_target="context"):
+    """:func:`neurorecon.training.fit` with NeuroPictor's loss (gradients clipped to ``max_grad_norm``, 0 = off).
+
+    With a semantic weight, each sample's target is the text tokens of one of its image's captions, drawn from the
+    step's generator (resume-exact): the conditioning context (``semantic_target="context"``: the text tower's
+    penultimate layer) or its last layer (``"final"``, as the official code computes the target)."""
     semantic = model.semantic_weight > 0
 
     def loss_fn(m, batch, gen):
@@ -186,7 +193,7 @@ def train_neuropictor(model, data, fm, *, steps, batch_size, lr, weight_decay, s
         if semantic:
             pick = torch.randint(0, 1 << 20, (len(batch["captions"]),), generator=gen).tolist()
             texts = [c[k % len(c)] for c, k in zip(batch["captions"], pick)]
-            caps = fm.text_tokens(texts).to(batch["latents"].device)
+            caps = fm.text_tokens(texts, final=semantic_target == "final").to(batch["latents"].device)
         return m(batch["maps"], batch["latents"], caps, gen)
 
     return fit(model, loss_fn, data, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
@@ -211,18 +218,25 @@ def _eval_set(store, subject, n_eval):
     return ids, np.asarray(sub.test_flat[:n], dtype=np.float32), gt
 
 
-def semantic_error(fm, conditioner, store, ids, maps):
+def semantic_error(fm, conditioner, store, ids, maps, target="context"):
     """Squared error (n, L, D) between the main semantic head's output for ``maps`` (a CPU array, as the stages
-    hold them) and the text tokens of each image's first caption, on the conditioner's device."""
+    hold them) and the text tokens of each image's first caption (``target`` as in :func:`train_neuropictor`),
+    on the conditioner's device."""
     with torch.no_grad():
         _, _, main = conditioner(to_module(maps, conditioner))
-        target = fm.text_tokens([store.annotations[int(i)]["captions"][0] for i in ids]).to(main.device)
-    return (main.float() - target.float()) ** 2
+        texts = [store.annotations[int(i)]["captions"][0] for i in ids]
+        tokens = fm.text_tokens(texts, final=target == "final").to(main.device)
+    return (main.float() - tokens.float()) ** 2
 
 
-def _semantic_mse(fm, conditioner, store, ids, maps):
-    """Mean squared error between the main semantic head's output and the first caption's text tokens."""
-    return float(semantic_error(fm, conditioner, store, ids, maps).mean())
+def _semantic_target(cfg):
+    """The semantic-loss target of a stage config (pretraining has no semantic loss: the context)."""
+    return getattr(cfg, "semantic_target", "context")
+
+
+def _semantic_mse(fm, conditioner, store, ids, maps, target="context"):
+    """Mean squared error between the main semantic head's output and the first caption's semantic target."""
+    return float(semantic_error(fm, conditioner, store, ids, maps, target).mean())
 
 
 def _evaluate(fm, pipe, store, subject, cfg, method, w, saved, acc=None):
@@ -237,7 +251,8 @@ def _evaluate(fm, pipe, store, subject, cfg, method, w, saved, acc=None):
         w.add_metric(method, subject, "test", k, v)
     for k, v in ms.items():
         w.add_metric(f"{method}_shuffled", subject, "test", k, v)
-    w.add_metric(method, subject, "test", "semantic_mse", _semantic_mse(fm, pipe.conditioner, store, ids, maps))
+    w.add_metric(method, subject, "test", "semantic_mse", _semantic_mse(fm, pipe.conditioner, store, ids, maps,
+                                                                           _semantic_target(cfg)))
     w.add_metric(method, subject, "test", "sample_seconds", seconds)
     w.add_metric(method, subject, "test", "sample_cpu_seconds", cpu)
     w.add_metric(method, subject, "test", "n_images", len(ids))
@@ -340,7 +355,7 @@ def run_refine_stage(cfg, force=False, progress=True, foundation=None, stop_afte
     common = dict(batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, seed=cfg.seed,
                   ckpt_every=cfg.ckpt_every, mixed_precision=cfg.mixed_precision,
                   gradient_checkpointing=cfg.gradient_checkpointing, progress=progress, accelerator=acc,
-                  max_grad_norm=cfg.max_grad_norm, grad_accum=cfg.grad_accum)
+                  max_grad_norm=cfg.max_grad_norm, grad_accum=cfg.grad_accum, semantic_target=cfg.semantic_target)
     steps, record = _steps(cfg, acc, len(data), cfg.steps, cfg.epochs)
     mask_steps, mask_record = _steps(cfg, acc, len(data), cfg.mask_steps, cfg.mask_epochs, "mask_steps")
     refined = NeuroPictorModel(pipe0.conditioner.with_residual(cfg.residual_init, cfg.seed),
@@ -396,7 +411,8 @@ def _evaluate_all(fm, store, pre, pipe0, refined, masked, cfg, w, acc=None):
         rows = prev[(prev.method == "pretrain_only_shuffled") & (prev.subject == str(s))]
         for _, r in rows.iterrows():
             w.add_metric("pretrain_only_shuffled", s, "test", r.metric, r.value)
-        w.add_metric("pretrain_only", s, "test", "semantic_mse", _semantic_mse(fm, pipe0.conditioner, store, ids, maps))
+        mse = _semantic_mse(fm, pipe0.conditioner, store, ids, maps, _semantic_target(cfg))
+        w.add_metric("pretrain_only", s, "test", "semantic_mse", mse)
         saved[key], saved[f"ids_subj{s:02d}"] = old[key], ids
     else:
         _evaluate(fm, pipe0, store, s, cfg, "pretrain_only", w, saved, acc)

@@ -59,6 +59,8 @@ class _Common(StageConfig):
 
     repetitions: str = "average"
     max_grad_norm: float = 1.0
+    mask_epochs: Optional[float] = None
+    mask_cfg_prob: float = 0.05
     batch_size: int = 32
     grad_accum: int = 1
     epochs: Optional[float] = None
@@ -95,6 +97,8 @@ class PretrainConfig(_Common):
     steps: Optional[int] = 600
     lr: float = 1.0e-3
     cfg_mask_prob: float = 0.0
+    mask_steps: Optional[int] = 0
+    mask_lr: float = 1.0e-5
     eval_subjects: list[int] = dataclasses.field(default_factory=lambda: [1])
 
 
@@ -115,9 +119,7 @@ class RefineConfig(_Common):
     semantic_target: str = "context"
     residual_init: str = "copy"
     mask_steps: Optional[int] = 60
-    mask_epochs: Optional[float] = None
     mask_lr: float = 1.0e-4
-    mask_cfg_prob: float = 0.05
     control_scales: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
 
 
@@ -295,13 +297,18 @@ def run_pretrain_stage(cfg, force=False, progress=True, foundation=None, stop_af
     cpu = time.process_time() - cpu0
     if stop_after is not None and res.steps < steps:
         return None
+    masked, res_mask, mask_record = _pretrain_mask_phase(cfg, model, data, fm, ckpt, acc, progress)
     if hook is not None:
         hook(model)
     main = acc.is_main_process
     with main_writer(acc, cfg) as w:  # every process samples its share of the validation images
         if main:
             save_model(model, w.path / "model")
-            (w.path / "losses.json").write_text(json.dumps({"pretrain": res.losses}))
+            losses = {"pretrain": res.losses}
+            if masked is not None:
+                save_model(masked, w.path / "model_mask")
+                losses["pretrain_mask"] = res_mask.losses
+            (w.path / "losses.json").write_text(json.dumps(losses))
         w.add_metric("pretrain", "all", "train", "seconds", res.seconds)
         w.add_metric("pretrain", "all", "train", "cpu_seconds", cpu)
         w.add_metric("pretrain", "all", "train", "n_samples", len(data))
@@ -310,9 +317,15 @@ def run_pretrain_stage(cfg, force=False, progress=True, foundation=None, stop_af
         w.add_metric("pretrain", "all", "train", "final_loss", np.mean([v for _, v in res.losses[-20:]]))
         pipe = pipeline_from_model(fm, model.conditioner, model.controlnet, cfg.scheduler)
         saved = {}
+        variants = [("pretrain_only", pipe)]
+        if masked is not None:
+            _record_steps(w, "pretrain_mask", "all", mask_record, res_mask)
+            variants.append(("pretrain_mask", pipeline_from_model(fm, masked.conditioner, masked.controlnet,
+                                                                  cfg.scheduler)))
         for s in cfg.eval_subjects:
             if s in store.subjects:
-                _evaluate(fm, pipe, store, s, cfg, "pretrain_only", w, saved, acc)
+                for name, p in variants:
+                    _evaluate(fm, p, store, s, cfg, name, w, saved, acc)
         if main:
             np.savez_compressed(w.path / "reconstructions.npz", **saved)
             (w.path / "sampling.json").write_text(json.dumps(_sampling_record(cfg)))
@@ -320,6 +333,25 @@ def run_pretrain_stage(cfg, force=False, progress=True, foundation=None, stop_af
         remove_checkpoints(ckpt)
     acc.wait_for_everyone()
     return folder
+
+
+def _pretrain_mask_phase(cfg, model, data, fm, ckpt, acc, progress):
+    """The official code's optional ``pretrain_mask`` phase: the pretrained model continued with CFG masking
+    (``mask_cfg_prob`` of the contexts replaced by the empty prompt's, ``mask_lr``) for ``mask_steps`` (or
+    ``mask_epochs``); saved as ``model_mask`` beside ``model``, from which refinement still starts (as the official
+    finetuning loads the unmasked model). Returns (model, result, step record), or Nones when it is off."""
+    mask_steps, record = _steps(cfg, acc, len(data), cfg.mask_steps, cfg.mask_epochs, "mask_steps")
+    if not mask_steps:
+        return None, None, None
+    masked = NeuroPictorModel(copy.deepcopy(model.conditioner), copy.deepcopy(model.controlnet), fm.unet,
+                              fm.scheduler_config, cfg.mask_cfg_prob, 0.0)
+    res = train_neuropictor(masked, data, fm, steps=mask_steps, batch_size=cfg.batch_size, lr=cfg.mask_lr,
+                            weight_decay=cfg.weight_decay, seed=cfg.seed, ckpt_dir=ckpt / "train_mask",
+                            ckpt_every=cfg.ckpt_every, mixed_precision=cfg.mixed_precision,
+                            gradient_checkpointing=cfg.gradient_checkpointing, desc="pretrain (CFG mask)",
+                            progress=progress, accelerator=acc, max_grad_norm=cfg.max_grad_norm,
+                            grad_accum=cfg.grad_accum)
+    return masked, res, record
 
 
 def _sampling_record(cfg):

@@ -120,6 +120,7 @@ class RefineConfig(_Common):
     residual_init: str = "copy"
     mask_steps: Optional[int] = 60
     mask_lr: float = 1.0e-4
+    repetition_variants: list[str] = dataclasses.field(default_factory=list)
     control_scales: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
 
 
@@ -158,9 +159,13 @@ def _record_steps(w, method, subject, record, result):
         w.add_metric(method, subject, "train", k, v)
 
 
+#: How the training samples of a (subject, image) are drawn from its trials (``repetitions`` of the configs).
+REPETITIONS = ("average", "last", "trials")
+
+
 def _setup(cfg, foundation):
     """Check the config; return the accelerator, the foundation (``foundation`` or the profile's) and the store."""
-    if cfg.repetitions not in ("average", "last", "trials"):
+    if cfg.repetitions not in REPETITIONS:
         raise ConfigError(f"{cfg.STAGE} config: repetitions must be 'average', 'last' or 'trials', got "
                           f"{cfg.repetitions!r}")
     if getattr(cfg, "residual_init", "copy") not in ("copy", "random"):
@@ -168,6 +173,10 @@ def _setup(cfg, foundation):
     if _semantic_target(cfg) not in ("context", "final"):
         raise ConfigError(f"{cfg.STAGE} config: semantic_target must be 'context' or 'final', got "
                           f"{cfg.semantic_target!r}")
+    bad = [v for v in getattr(cfg, "repetition_variants", ()) if v not in REPETITIONS or v == cfg.repetitions]
+    if bad:
+        raise ConfigError(f"{cfg.STAGE} config: repetition_variants {bad}: each must be one of {REPETITIONS} other "
+                          f"than repetitions ({cfg.repetitions!r})")
     if cfg.max_grad_norm < 0:
         raise ConfigError(f"{cfg.STAGE} config: max_grad_norm must be >= 0 (0 = no clipping), got {cfg.max_grad_norm}")
     if cfg.scheduler not in ("ddim", "dpm++"):
@@ -404,6 +413,8 @@ def run_refine_stage(cfg, force=False, progress=True, foundation=None, stop_afte
     res_mask = train_neuropictor(masked, data, fm, steps=mask_steps, lr=cfg.mask_lr,
                                  ckpt_dir=ckpt / "refined_mask", desc="refine (CFG mask)", **common)
     cpu2 = time.process_time()
+    variants = {mode: _refine_variant(cfg, mode, fm, store, pipe0, ckpt, acc, common) for mode in
+                cfg.repetition_variants}
     if hook is not None:
         hook(refined, masked)
     main = acc.is_main_process
@@ -421,12 +432,32 @@ def run_refine_stage(cfg, force=False, progress=True, foundation=None, stop_afte
         _record_steps(w, "refined", s, record, res)
         _record_steps(w, "refined_mask", s, mask_record, res_mask)
         saved = _evaluate_all(fm, store, pre, pipe0, refined, masked, cfg, w, acc)
+        for mode, (model, result, rec) in variants.items():
+            name = f"refined_{mode}"
+            if main:
+                save_model(model, w.path / name)
+            _record_steps(w, name, s, rec, result)
+            pipe = pipeline_from_model(fm, model.conditioner, model.controlnet, cfg.scheduler)
+            _evaluate(fm, pipe, store, s, cfg, name, w, saved, acc)
         if main:
             np.savez_compressed(w.path / "reconstructions.npz", **saved)
     if main and not cfg.keep_checkpoints:
         remove_checkpoints(ckpt)
     acc.wait_for_everyone()
     return folder
+
+
+def _refine_variant(cfg, mode, fm, store, pipe0, ckpt, acc, common):
+    """Refinement (without the CFG-mask phase) of the same pretrained model on samples drawn as ``mode`` (e.g. the
+    official code's ``last``: one trial per image) instead of ``cfg.repetitions``; returns (model, result, step
+    record), scored as ``refined_<mode>`` beside the configured recipe."""
+    data = _pairs(fm, store, [cfg.subject], mode, ckpt / "cache", acc, captions=True)  # the same images' latents
+    steps, record = _steps(cfg, acc, len(data), cfg.steps, cfg.epochs)
+    model = NeuroPictorModel(pipe0.conditioner.with_residual(cfg.residual_init, cfg.seed),
+                             copy.deepcopy(pipe0.controlnet), fm.unet, fm.scheduler_config, 0.0, cfg.semantic_weight)
+    res = train_neuropictor(model, data, fm, steps=steps, lr=cfg.lr, ckpt_dir=ckpt / f"refined_{mode}",
+                            desc=f"refine ({mode})", **common)
+    return model, res, record
 
 
 def _evaluate_all(fm, store, pre, pipe0, refined, masked, cfg, w, acc=None):

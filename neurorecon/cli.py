@@ -27,7 +27,8 @@ def _cmd_simulate(args):
 def _cmd_check(args):
     from .data import check_data
 
-    problems = check_data(args.nsd_root, args.manifest or args.profile)
+    subjects = [int(x) for x in args.subjects.split(",")] if args.subjects else None
+    problems = check_data(args.nsd_root, args.manifest or args.profile, subjects=subjects)
     if problems:
         print(f"{len(problems)} problem(s) in {args.nsd_root}:", file=sys.stderr)
         for p in problems:
@@ -156,6 +157,7 @@ def build_parser():
     s.add_argument("--nsd-root", required=True)
     s.add_argument("--profile", choices=["smoke", "demo", "full"], default="demo")
     s.add_argument("--manifest", help="a manifest YAML file (default data_manifests/<profile>.yaml)")
+    s.add_argument("--subjects", help="check only these subjects' files, e.g. 1,2,5,7 (default: every subject)")
     s.set_defaults(func=_cmd_check)
 
     s = sub.add_parser("prepare", help="raw NSD (or NeuroPictor's released data) -> the prepared store every "

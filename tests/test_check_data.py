@@ -14,7 +14,9 @@ def test_shipped_manifests_parse():
         assert m["profile"] == profile and len(m["files"]) > 5
     full = load_manifest("full")
     betas = [f for f in full["files"] if f["kind"] == "betas"]
-    assert [f["shape"] for f in betas][0] == [750, 83, 104, 81] and all(f["sessions"] == 37 for f in betas)
+    assert [f["shape"] for f in betas][0] == [750, 83, 104, 81]
+    sessions = {int(f["path"].split("/subj")[1][:2]): f["sessions"] for f in betas}
+    assert sessions == {1: 37, 2: 37, 3: 32, 4: 30, 5: 37, 6: 32, 7: 37, 8: 30}  # the public release
 
 
 def test_check_data_reports_missing_and_malformed(tmp_path):
@@ -56,3 +58,20 @@ def test_smoke_manifest_matches_a_fresh_simulation(tmp_path):
     assert check_data(tmp_path / "nsd", "smoke") == []
     simulate(tmp_path / "nsd7", profile="smoke", seed=7, progress=False)  # volume sizes depend on the seed
     assert check_data(tmp_path / "nsd7", "smoke") == []
+
+
+def test_check_only_the_subjects_a_run_prepares(tmp_path):
+    """The full manifest lists all 8 subjects (NeuroPictor pretrains on them); a run configured for fewer checks
+    only theirs, and the files of no subject always."""
+    from neurorecon.simulate import simulate
+
+    simulate(tmp_path / "nsd", profile="smoke", seed=0, progress=False)  # subjects 1 and 2
+    manifest = load_manifest("smoke")
+    extra = [dict(e, path=e["path"].replace("subj02", "subj03")) for e in manifest["files"] if "/subj02/" in e["path"]]
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(dict(manifest, files=manifest["files"] + extra)))
+    missing = check_data(tmp_path / "nsd", tmp_path / "m.yaml")
+    assert missing and all("subj03" in p for p in missing)
+    assert check_data(tmp_path / "nsd", tmp_path / "m.yaml", subjects=[1, 2]) == []
+    assert check_data(tmp_path / "nsd", tmp_path / "m.yaml", subjects=[1, 3]) == missing
+    full = load_manifest("full")["files"]
+    assert {int(e["path"].split("/subj")[1][:2]) for e in full if "/subj" in e["path"]} == set(range(1, 9))

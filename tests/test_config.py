@@ -26,7 +26,7 @@ class ToyConfig(StageConfig):
 def test_shipped_profiles_load(profile):
     cfg = load_config(DataConfig, profile)
     assert cfg.profile == profile
-    assert cfg.subjects == ([1, 2] if profile == "smoke" else [1, 2, 5, 7] if profile == "full" else list(range(1, 9)))
+    assert cfg.subjects == ([1, 2] if profile == "smoke" else list(range(1, 9)))  # full: NeuroPictor pretrains on 8
     assert cfg.simulate is (profile != "full")
 
 
@@ -61,7 +61,7 @@ def test_user_file_and_overrides_apply_in_order(tmp_path):
     user = tmp_path / "mine.yaml"
     user.write_text("defaults:\n  sim_seed: 5\nfull:\n  nsd_root: /data/nsd\n")
     cfg = load_config(DataConfig, "full", path=user, overrides={"image_size": 128})
-    assert (cfg.sim_seed, cfg.nsd_root, cfg.image_size, cfg.subjects) == (5, "/data/nsd", 128, [1, 2, 5, 7])
+    assert (cfg.sim_seed, cfg.nsd_root, cfg.image_size, cfg.subjects) == (5, "/data/nsd", 128, list(range(1, 9)))
     assert load_config(DataConfig, "demo", path=user).nsd_root is None
 
 

@@ -208,3 +208,31 @@ def test_gradient_checkpointing_gives_the_same_training(fm):
         assert m.controlnet.is_gradient_checkpointing == ckpt and m.conditioner.encoder.gradient_checkpointing == ckpt
     fm.unet.disable_gradient_checkpointing()
     assert np.allclose(runs[0], runs[1], atol=1e-6)
+
+
+def test_semantic_target_final_is_the_last_text_layer_as_the_official_code(fm):
+    """The official semantic-loss target (its ``encode_text_final``): token + position embeddings, every layer of
+    the text transformer, ``ln_final``; the conditioning context stops one layer earlier (SD 2.x)."""
+    clip, tok = fm.extras["clip_text"], fm.extras["clip_tokenizer"]
+    texts = ["a red ball on the grass", "two cars"]
+    with torch.no_grad():
+        ids = tok(texts)
+        x = clip.token_embedding(ids) + clip.positional_embedding
+        for block in clip.transformer.resblocks:  # batch-first open_clip blocks
+            x = block(x, attn_mask=clip.attn_mask)
+        official = clip.ln_final(x)
+    final, context = fm.text_tokens(texts, final=True), fm.text_tokens(texts)
+    assert final.shape == context.shape == official.shape
+    torch.testing.assert_close(final, official.float(), rtol=1e-5, atol=1e-6)
+    assert (final - context).abs().max() > 1e-3  # a different layer, not the context again
+
+
+def test_refine_stage_rejects_an_unknown_semantic_target(fm):
+    from neurorecon.config import load_config
+    from neurorecon.errors import ConfigError
+    from neurorecon.neuropictor.stage import RefineConfig, run_refine_stage
+
+    cfg = load_config(RefineConfig, "smoke", overrides={"semantic_target": "penultimate"})
+    with pytest.raises(ConfigError, match="semantic_target must be 'context' or 'final'"):
+        run_refine_stage(cfg, foundation=fm)
+    assert load_config(RefineConfig, "full").semantic_target == "final"  # the official target in the paper's recipe

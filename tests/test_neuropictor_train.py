@@ -61,3 +61,61 @@ def test_two_cpu_processes_end_identical(home, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     key = next(k for k in a if k.endswith("controlnet_cond_embedding.zero_conv.weight"))
     assert torch.count_nonzero(a[key]) > 0  # it trained
+
+
+def test_pretrain_mask_phase_is_saved_beside_the_model_and_scored(new_smoke_home, home_set_to):
+    """The official optional pretrain_mask phase: the pretrained model continued with CFG masking, written as
+    ``model_mask`` and scored as ``pretrain_mask``; the unmasked ``model`` (refinement's start) is kept."""
+    import json
+
+    from neurorecon import paths
+    from neurorecon.artifacts import read_metrics
+
+    with home_set_to(new_smoke_home("np_mask")):
+        main(["--stage", "encoding", "--profile", "smoke", "--set", "steps=2", "--no-progress"])
+        main(["--stage", "pretrain", "--profile", "smoke", "--foundation", "tiny", "--no-progress", *QUICK,
+              "--set", "mask_steps=3", "--set", "mask_lr=1e-3"])
+        folder = paths.stage_dir("pretrain", "smoke")
+        losses = json.loads((folder / "losses.json").read_text())
+        assert len(losses["pretrain"]) == 6 and len(losses["pretrain_mask"]) == 3
+        metrics = read_metrics(folder)
+    for name in ("model", "model_mask"):
+        assert (folder / name / "controlnet" / "config.json").is_file()
+    from neurorecon.neuropictor import FMRIConditioner
+
+    before, after = (FMRIConditioner.from_pretrained(folder / n / "conditioner").state_dict()
+                     for n in ("model", "model_mask"))
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the phase trained a copy
+    methods = set(metrics.method)
+    assert {"pretrain_only", "pretrain_mask", "pretrain_mask_shuffled"} <= methods
+    steps = metrics[(metrics.method == "pretrain_mask") & (metrics.metric == "steps")].value
+    assert steps.tolist() == [3]
+
+
+def test_refinement_scores_the_official_sampling_beside_the_recipe(new_smoke_home, home_set_to):
+    """``repetition_variants: [last]``: a second refinement from the same pretrained model on one trial per image
+    (the official code's sampling), saved and scored as ``refined_last``; a variant equal to the recipe's own
+    sampling, or unknown, is a config error."""
+    from neurorecon import paths
+    from neurorecon.artifacts import read_metrics
+    from neurorecon.config import load_config
+    from neurorecon.errors import ConfigError
+    from neurorecon.neuropictor.stage import RefineConfig, run_refine_stage
+
+    quick = [*QUICK[:-2], "--set", "mask_steps=2", "--set", "control_scales=[1.0]"]
+    with home_set_to(new_smoke_home("np_variants")):
+        main(["--stage", "encoding", "--profile", "smoke", "--set", "steps=2", "--no-progress"])
+        main(["--stage", "pretrain", "--profile", "smoke", "--foundation", "tiny", "--no-progress", *QUICK])
+        main(["--stage", "refine", "--profile", "smoke", "--foundation", "tiny", "--no-progress", *quick,
+              "--set", "repetition_variants=[last]"])
+        folder = paths.stage_dir("refine", "smoke")
+        metrics = read_metrics(folder)
+        for bad in (["average"], ["first"]):
+            cfg = load_config(RefineConfig, "smoke", overrides={"repetition_variants": bad})
+            with pytest.raises(ConfigError, match="repetition_variants"):
+                run_refine_stage(cfg, force=True)
+    assert (folder / "refined_last" / "controlnet" / "config.json").is_file()
+    scored = metrics[(metrics.metric == "two_way_clip") & (metrics.split == "test")].method
+    assert {"refined", "refined_mask", "refined_last", "refined_last_shuffled"} <= set(scored)
+    steps = metrics[(metrics.method == "refined_last") & (metrics.metric == "steps")].value
+    assert steps.tolist() == [6]

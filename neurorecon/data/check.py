@@ -18,6 +18,7 @@ A manifest (``data_manifests/<profile>.yaml``) lists the raw files a profile nee
 """
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +125,7 @@ def _check_file(path, kind, entry):
     return problems
 
 
-def check_data(nsd_root, manifest="demo"):
+def check_data(nsd_root, manifest="demo", subjects=None):
     """List what is missing or malformed in a raw NSD tree.
 
     Parameters
@@ -133,6 +134,8 @@ def check_data(nsd_root, manifest="demo"):
         Root of the raw tree.
     manifest : str or Path
         A profile name (``smoke``, ``demo``, ``full``) or a manifest file.
+    subjects : list of int, optional
+        Check only these subjects' files (and every file of no subject); default: every file of the manifest.
 
     Returns
     -------
@@ -144,7 +147,9 @@ def check_data(nsd_root, manifest="demo"):
         return [f"{root}: expected the NSD root folder, found no such folder"]
     problems = []
     for entry in load_manifest(manifest)["files"]:
-        problems += _check_entry(root, entry)
+        subject = re.search(r"/subj(\d\d)/", entry["path"])
+        if subjects is None or subject is None or int(subject.group(1)) in subjects:
+            problems += _check_entry(root, entry)
     return problems
 
 

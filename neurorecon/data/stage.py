@@ -126,7 +126,7 @@ def run_data_stage(cfg, force=False, progress=True):
     root = resolve_nsd_root(cfg)
     if cfg.simulate and not cfg.nsd_root:
         _ensure_simulated(cfg, root, progress)
-    problems = check_data(root, cfg.manifest or cfg.profile)
+    problems = check_data(root, cfg.manifest or cfg.profile, subjects=cfg.subjects)
     if problems:
         raise DataError(root, f"a raw NSD tree matching the {cfg.manifest or cfg.profile} manifest",
                         f"{len(problems)} problem(s):\n  " + "\n  ".join(problems))

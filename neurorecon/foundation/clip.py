@@ -8,12 +8,15 @@ import torch.nn.functional as F
 __all__ = ["clip_text_tokens", "clip_text_tokens_from_ids", "clip_text_embeds", "clip_image_embeds"]
 
 
-def clip_text_tokens(model, tokenizer, texts, device="cpu"):
-    """SD 2.x conditioning: the penultimate text-transformer layer, then ``ln_final`` → (n, L, width)."""
-    return clip_text_tokens_from_ids(model, tokenizer(texts).to(device))
+def clip_text_tokens(model, tokenizer, texts, device="cpu", final=False):
+    """SD 2.x conditioning: the penultimate text-transformer layer, then ``ln_final`` → (n, L, width).
+
+    ``final=True`` runs every layer instead (the last layer, then ``ln_final``): the target of NeuroPictor's
+    semantic loss in the official code, which differs from the conditioning context the UNet reads."""
+    return clip_text_tokens_from_ids(model, tokenizer(texts).to(device), final=final)
 
 
-def clip_text_tokens_from_ids(model, ids):
+def clip_text_tokens_from_ids(model, ids, final=False):
     """:func:`clip_text_tokens` of already tokenised text ``ids`` (n, L)."""
     # open_clip's bf16/fp16 precision keeps the embeddings fp32 and casts to the blocks' dtype, as encode_text does
     cast = getattr(model.transformer, "get_cast_dtype", None)
@@ -24,7 +27,7 @@ def clip_text_tokens_from_ids(model, ids):
     batch_first = getattr(model.transformer, "batch_first", True)
     if not batch_first:
         x = x.transpose(0, 1)
-    for block in blocks[:-1]:
+    for block in (blocks if final else blocks[:-1]):
         x = block(x, attn_mask=mask)
     if not batch_first:
         x = x.transpose(0, 1)

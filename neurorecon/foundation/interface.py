@@ -70,7 +70,8 @@ class Foundation:
     image_size : int
         Pixel side the generators work at (64 demo, 512 full).
     text_tokens_fn : callable
-        ``list[str] -> (n, L, D)`` conditioning tokens.
+        ``(list[str], final=False) -> (n, L, D)`` conditioning tokens (the text tower's penultimate layer, as SD
+        2.x reads them); ``final=True``: its last layer (NeuroPictor's semantic-loss target in the official code).
     text_embeds_fn : callable
         ``list[str] -> (n, E)`` L2-normalised CLIP text embeddings (retrieval, CLIP-S).
     image_embeds_fn : callable
@@ -118,8 +119,10 @@ class Foundation:
 
     # --- text -------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def text_tokens(self, texts):
-        return self.text_tokens_fn(list(texts))
+    def text_tokens(self, texts, final=False):
+        """Conditioning tokens (n, L, D) of ``texts``; ``final=True``: the text tower's last layer instead of the
+        penultimate one (see ``text_tokens_fn``)."""
+        return self.text_tokens_fn(list(texts), final=True) if final else self.text_tokens_fn(list(texts))
 
     def empty_tokens(self, n=1):
         """Tokens of the empty prompt "" (the unconditional context of classifier-free guidance)."""

@@ -408,7 +408,7 @@ def load_from_paths(paths, profile="full", device="auto", dtype="float32", with_
                          sd=str(paths.get("sd_path")), unclip=str(paths.get("unclip_path")),
                          lm=str(paths.get("llm_path")))
     if clip_h is not None:
-        text_tokens_fn = lambda t: clip_text_tokens(clip_h, tok_h, t, device).float()  # noqa: E731
+        text_tokens_fn = lambda t, final=False: clip_text_tokens(clip_h, tok_h, t, device, final).float()  # noqa: E731
     else:
         text_tokens_fn = _not_loaded("text tokens", "clip_h")
     if clip_l is not None:

@@ -157,7 +157,7 @@ def tiny_random_foundation(image_size=32, seed=0, texts=DEFAULT_TEXTS, with_lm=T
         lm = cast_module(tiny_lm(len(lm_tok), seed=seed), device, dtype)
     return Foundation(
         profile="test", image_size=image_size,
-        text_tokens_fn=lambda t: clip_text_tokens(clip, tokenizer, t, device).float(),
+        text_tokens_fn=lambda t, final=False: clip_text_tokens(clip, tokenizer, t, device, final).float(),
         text_embeds_fn=lambda t: clip_text_embeds(clip, tokenizer, t, device).float(),
         image_embeds_fn=lambda x: clip_image_embeds(clip, x.to(device), normalize=False),
         vae=vae, unet=unet, scheduler_config=sd_scheduler_config(), unclip_unet=unclip,

@@ -59,6 +59,8 @@ class _Common(StageConfig):
 
     repetitions: str = "average"
     max_grad_norm: float = 1.0
+    mask_epochs: Optional[float] = None
+    mask_cfg_prob: float = 0.05
     batch_size: int = 32
     grad_accum: int = 1
     epochs: Optional[float] = None
@@ -95,6 +97,8 @@ class PretrainConfig(_Common):
     steps: Optional[int] = 600
     lr: float = 1.0e-3
     cfg_mask_prob: float = 0.0
+    mask_steps: Optional[int] = 0
+    mask_lr: float = 1.0e-5
     eval_subjects: list[int] = dataclasses.field(default_factory=lambda: [1])
 
 
@@ -112,11 +116,11 @@ class RefineConfig(_Common):
     steps: Optional[int] = 300
     lr: float = 1.0e-3
     semantic_weight: float = 0.1
+    semantic_target: str = "context"
     residual_init: str = "copy"
     mask_steps: Optional[int] = 60
-    mask_epochs: Optional[float] = None
     mask_lr: float = 1.0e-4
-    mask_cfg_prob: float = 0.05
+    repetition_variants: list[str] = dataclasses.field(default_factory=list)
     control_scales: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
 
 
@@ -155,13 +159,24 @@ def _record_steps(w, method, subject, record, result):
         w.add_metric(method, subject, "train", k, v)
 
 
+#: How the training samples of a (subject, image) are drawn from its trials (``repetitions`` of the configs).
+REPETITIONS = ("average", "last", "trials")
+
+
 def _setup(cfg, foundation):
     """Check the config; return the accelerator, the foundation (``foundation`` or the profile's) and the store."""
-    if cfg.repetitions not in ("average", "last", "trials"):
+    if cfg.repetitions not in REPETITIONS:
         raise ConfigError(f"{cfg.STAGE} config: repetitions must be 'average', 'last' or 'trials', got "
                           f"{cfg.repetitions!r}")
     if getattr(cfg, "residual_init", "copy") not in ("copy", "random"):
         raise ConfigError(f"{cfg.STAGE} config: residual_init must be 'copy' or 'random', got {cfg.residual_init!r}")
+    if _semantic_target(cfg) not in ("context", "final"):
+        raise ConfigError(f"{cfg.STAGE} config: semantic_target must be 'context' or 'final', got "
+                          f"{cfg.semantic_target!r}")
+    bad = [v for v in getattr(cfg, "repetition_variants", ()) if v not in REPETITIONS or v == cfg.repetitions]
+    if bad:
+        raise ConfigError(f"{cfg.STAGE} config: repetition_variants {bad}: each must be one of {REPETITIONS} other "
+                          f"than repetitions ({cfg.repetitions!r})")
     if cfg.max_grad_norm < 0:
         raise ConfigError(f"{cfg.STAGE} config: max_grad_norm must be >= 0 (0 = no clipping), got {cfg.max_grad_norm}")
     if cfg.scheduler not in ("ddim", "dpm++"):
@@ -176,9 +191,12 @@ def _setup(cfg, foundation):
 
 def train_neuropictor(model, data, fm, *, steps, batch_size, lr, weight_decay, seed, ckpt_dir, ckpt_every,
                       mixed_precision="no", gradient_checkpointing=False, desc="NeuroPictor", progress=True,
-                      accelerator=None, stop_after=None, max_grad_norm=1.0, grad_accum=1):
-    """:func:`neurorecon.training.fit` with NeuroPictor's loss (gradients clipped to ``max_grad_norm``, 0 = off). With a semantic weight, each sample's target is
-    the text tokens of one of its image's captions, drawn from the step's generator (resume-exact)."""
+                      accelerator=None, stop_after=None, max_grad_norm=1.0, grad_accum=1, semantic_target="context"):
+    """:func:`neurorecon.training.fit` with NeuroPictor's loss (gradients clipped to ``max_grad_norm``, 0 = off).
+
+    With a semantic weight, each sample's target is the text tokens of one of its image's captions, drawn from the
+    step's generator (resume-exact): the conditioning context (``semantic_target="context"``: the text tower's
+    penultimate layer) or its last layer (``"final"``, as the official code computes the target)."""
     semantic = model.semantic_weight > 0
 
     def loss_fn(m, batch, gen):
@@ -186,7 +204,7 @@ def train_neuropictor(model, data, fm, *, steps, batch_size, lr, weight_decay, s
         if semantic:
             pick = torch.randint(0, 1 << 20, (len(batch["captions"]),), generator=gen).tolist()
             texts = [c[k % len(c)] for c, k in zip(batch["captions"], pick)]
-            caps = fm.text_tokens(texts).to(batch["latents"].device)
+            caps = fm.text_tokens(texts, final=semantic_target == "final").to(batch["latents"].device)
         return m(batch["maps"], batch["latents"], caps, gen)
 
     return fit(model, loss_fn, data, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
@@ -211,18 +229,25 @@ def _eval_set(store, subject, n_eval):
     return ids, np.asarray(sub.test_flat[:n], dtype=np.float32), gt
 
 
-def semantic_error(fm, conditioner, store, ids, maps):
+def semantic_error(fm, conditioner, store, ids, maps, target="context"):
     """Squared error (n, L, D) between the main semantic head's output for ``maps`` (a CPU array, as the stages
-    hold them) and the text tokens of each image's first caption, on the conditioner's device."""
+    hold them) and the text tokens of each image's first caption (``target`` as in :func:`train_neuropictor`),
+    on the conditioner's device."""
     with torch.no_grad():
         _, _, main = conditioner(to_module(maps, conditioner))
-        target = fm.text_tokens([store.annotations[int(i)]["captions"][0] for i in ids]).to(main.device)
-    return (main.float() - target.float()) ** 2
+        texts = [store.annotations[int(i)]["captions"][0] for i in ids]
+        tokens = fm.text_tokens(texts, final=target == "final").to(main.device)
+    return (main.float() - tokens.float()) ** 2
 
 
-def _semantic_mse(fm, conditioner, store, ids, maps):
-    """Mean squared error between the main semantic head's output and the first caption's text tokens."""
-    return float(semantic_error(fm, conditioner, store, ids, maps).mean())
+def _semantic_target(cfg):
+    """The semantic-loss target of a stage config (pretraining has no semantic loss: the context)."""
+    return getattr(cfg, "semantic_target", "context")
+
+
+def _semantic_mse(fm, conditioner, store, ids, maps, target="context"):
+    """Mean squared error between the main semantic head's output and the first caption's semantic target."""
+    return float(semantic_error(fm, conditioner, store, ids, maps, target).mean())
 
 
 def _evaluate(fm, pipe, store, subject, cfg, method, w, saved, acc=None):
@@ -237,7 +262,8 @@ def _evaluate(fm, pipe, store, subject, cfg, method, w, saved, acc=None):
         w.add_metric(method, subject, "test", k, v)
     for k, v in ms.items():
         w.add_metric(f"{method}_shuffled", subject, "test", k, v)
-    w.add_metric(method, subject, "test", "semantic_mse", _semantic_mse(fm, pipe.conditioner, store, ids, maps))
+    w.add_metric(method, subject, "test", "semantic_mse", _semantic_mse(fm, pipe.conditioner, store, ids, maps,
+                                                                           _semantic_target(cfg)))
     w.add_metric(method, subject, "test", "sample_seconds", seconds)
     w.add_metric(method, subject, "test", "sample_cpu_seconds", cpu)
     w.add_metric(method, subject, "test", "n_images", len(ids))
@@ -280,13 +306,18 @@ def run_pretrain_stage(cfg, force=False, progress=True, foundation=None, stop_af
     cpu = time.process_time() - cpu0
     if stop_after is not None and res.steps < steps:
         return None
+    masked, res_mask, mask_record = _pretrain_mask_phase(cfg, model, data, fm, ckpt, acc, progress)
     if hook is not None:
         hook(model)
     main = acc.is_main_process
     with main_writer(acc, cfg) as w:  # every process samples its share of the validation images
         if main:
             save_model(model, w.path / "model")
-            (w.path / "losses.json").write_text(json.dumps({"pretrain": res.losses}))
+            losses = {"pretrain": res.losses}
+            if masked is not None:
+                save_model(masked, w.path / "model_mask")
+                losses["pretrain_mask"] = res_mask.losses
+            (w.path / "losses.json").write_text(json.dumps(losses))
         w.add_metric("pretrain", "all", "train", "seconds", res.seconds)
         w.add_metric("pretrain", "all", "train", "cpu_seconds", cpu)
         w.add_metric("pretrain", "all", "train", "n_samples", len(data))
@@ -295,9 +326,15 @@ def run_pretrain_stage(cfg, force=False, progress=True, foundation=None, stop_af
         w.add_metric("pretrain", "all", "train", "final_loss", np.mean([v for _, v in res.losses[-20:]]))
         pipe = pipeline_from_model(fm, model.conditioner, model.controlnet, cfg.scheduler)
         saved = {}
+        variants = [("pretrain_only", pipe)]
+        if masked is not None:
+            _record_steps(w, "pretrain_mask", "all", mask_record, res_mask)
+            variants.append(("pretrain_mask", pipeline_from_model(fm, masked.conditioner, masked.controlnet,
+                                                                  cfg.scheduler)))
         for s in cfg.eval_subjects:
             if s in store.subjects:
-                _evaluate(fm, pipe, store, s, cfg, "pretrain_only", w, saved, acc)
+                for name, p in variants:
+                    _evaluate(fm, p, store, s, cfg, name, w, saved, acc)
         if main:
             np.savez_compressed(w.path / "reconstructions.npz", **saved)
             (w.path / "sampling.json").write_text(json.dumps(_sampling_record(cfg)))
@@ -305,6 +342,25 @@ def run_pretrain_stage(cfg, force=False, progress=True, foundation=None, stop_af
         remove_checkpoints(ckpt)
     acc.wait_for_everyone()
     return folder
+
+
+def _pretrain_mask_phase(cfg, model, data, fm, ckpt, acc, progress):
+    """The official code's optional ``pretrain_mask`` phase: the pretrained model continued with CFG masking
+    (``mask_cfg_prob`` of the contexts replaced by the empty prompt's, ``mask_lr``) for ``mask_steps`` (or
+    ``mask_epochs``); saved as ``model_mask`` beside ``model``, from which refinement still starts (as the official
+    finetuning loads the unmasked model). Returns (model, result, step record), or Nones when it is off."""
+    mask_steps, record = _steps(cfg, acc, len(data), cfg.mask_steps, cfg.mask_epochs, "mask_steps")
+    if not mask_steps:
+        return None, None, None
+    masked = NeuroPictorModel(copy.deepcopy(model.conditioner), copy.deepcopy(model.controlnet), fm.unet,
+                              fm.scheduler_config, cfg.mask_cfg_prob, 0.0)
+    res = train_neuropictor(masked, data, fm, steps=mask_steps, batch_size=cfg.batch_size, lr=cfg.mask_lr,
+                            weight_decay=cfg.weight_decay, seed=cfg.seed, ckpt_dir=ckpt / "train_mask",
+                            ckpt_every=cfg.ckpt_every, mixed_precision=cfg.mixed_precision,
+                            gradient_checkpointing=cfg.gradient_checkpointing, desc="pretrain (CFG mask)",
+                            progress=progress, accelerator=acc, max_grad_norm=cfg.max_grad_norm,
+                            grad_accum=cfg.grad_accum)
+    return masked, res, record
 
 
 def _sampling_record(cfg):
@@ -340,7 +396,7 @@ def run_refine_stage(cfg, force=False, progress=True, foundation=None, stop_afte
     common = dict(batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, seed=cfg.seed,
                   ckpt_every=cfg.ckpt_every, mixed_precision=cfg.mixed_precision,
                   gradient_checkpointing=cfg.gradient_checkpointing, progress=progress, accelerator=acc,
-                  max_grad_norm=cfg.max_grad_norm, grad_accum=cfg.grad_accum)
+                  max_grad_norm=cfg.max_grad_norm, grad_accum=cfg.grad_accum, semantic_target=cfg.semantic_target)
     steps, record = _steps(cfg, acc, len(data), cfg.steps, cfg.epochs)
     mask_steps, mask_record = _steps(cfg, acc, len(data), cfg.mask_steps, cfg.mask_epochs, "mask_steps")
     refined = NeuroPictorModel(pipe0.conditioner.with_residual(cfg.residual_init, cfg.seed),
@@ -357,6 +413,8 @@ def run_refine_stage(cfg, force=False, progress=True, foundation=None, stop_afte
     res_mask = train_neuropictor(masked, data, fm, steps=mask_steps, lr=cfg.mask_lr,
                                  ckpt_dir=ckpt / "refined_mask", desc="refine (CFG mask)", **common)
     cpu2 = time.process_time()
+    variants = {mode: _refine_variant(cfg, mode, fm, store, pipe0, ckpt, acc, common) for mode in
+                cfg.repetition_variants}
     if hook is not None:
         hook(refined, masked)
     main = acc.is_main_process
@@ -374,12 +432,32 @@ def run_refine_stage(cfg, force=False, progress=True, foundation=None, stop_afte
         _record_steps(w, "refined", s, record, res)
         _record_steps(w, "refined_mask", s, mask_record, res_mask)
         saved = _evaluate_all(fm, store, pre, pipe0, refined, masked, cfg, w, acc)
+        for mode, (model, result, rec) in variants.items():
+            name = f"refined_{mode}"
+            if main:
+                save_model(model, w.path / name)
+            _record_steps(w, name, s, rec, result)
+            pipe = pipeline_from_model(fm, model.conditioner, model.controlnet, cfg.scheduler)
+            _evaluate(fm, pipe, store, s, cfg, name, w, saved, acc)
         if main:
             np.savez_compressed(w.path / "reconstructions.npz", **saved)
     if main and not cfg.keep_checkpoints:
         remove_checkpoints(ckpt)
     acc.wait_for_everyone()
     return folder
+
+
+def _refine_variant(cfg, mode, fm, store, pipe0, ckpt, acc, common):
+    """Refinement (without the CFG-mask phase) of the same pretrained model on samples drawn as ``mode`` (e.g. the
+    official code's ``last``: one trial per image) instead of ``cfg.repetitions``; returns (model, result, step
+    record), scored as ``refined_<mode>`` beside the configured recipe."""
+    data = _pairs(fm, store, [cfg.subject], mode, ckpt / "cache", acc, captions=True)  # the same images' latents
+    steps, record = _steps(cfg, acc, len(data), cfg.steps, cfg.epochs)
+    model = NeuroPictorModel(pipe0.conditioner.with_residual(cfg.residual_init, cfg.seed),
+                             copy.deepcopy(pipe0.controlnet), fm.unet, fm.scheduler_config, 0.0, cfg.semantic_weight)
+    res = train_neuropictor(model, data, fm, steps=steps, lr=cfg.lr, ckpt_dir=ckpt / f"refined_{mode}",
+                            desc=f"refine ({mode})", **common)
+    return model, res, record
 
 
 def _evaluate_all(fm, store, pre, pipe0, refined, masked, cfg, w, acc=None):
@@ -396,7 +474,8 @@ def _evaluate_all(fm, store, pre, pipe0, refined, masked, cfg, w, acc=None):
         rows = prev[(prev.method == "pretrain_only_shuffled") & (prev.subject == str(s))]
         for _, r in rows.iterrows():
             w.add_metric("pretrain_only_shuffled", s, "test", r.metric, r.value)
-        w.add_metric("pretrain_only", s, "test", "semantic_mse", _semantic_mse(fm, pipe0.conditioner, store, ids, maps))
+        mse = _semantic_mse(fm, pipe0.conditioner, store, ids, maps, _semantic_target(cfg))
+        w.add_metric("pretrain_only", s, "test", "semantic_mse", mse)
         saved[key], saved[f"ids_subj{s:02d}"] = old[key], ids
     else:
         _evaluate(fm, pipe0, store, s, cfg, "pretrain_only", w, saved, acc)

@@ -7,8 +7,8 @@ stopped. Then :func:`aggregate` reads every seed's stages and returns
 
 - ``metrics``: the headline numbers (two-way identification in the demo-CLIP space, PixCorr and SSIM of every
   reconstruction method and its shuffled control, brief-caption CIDEr of the brain LLaVA, the nearest-neighbour
-  baseline and shuffled fMRI, QA accuracy, ViT3D retrieval), one row per (metric, seed); and, where the tree is
-  NSD-mini, the *decoding ceiling* (:mod:`neurorecon.simulate.ceiling`): two-way identification in the CLIP
+  baseline and shuffled fMRI, QA accuracy, ViT3D retrieval, notebook 05's refined models), one row per (metric,
+  seed); and, where the tree is NSD-mini, the *decoding ceiling* (:mod:`neurorecon.simulate.ceiling`): two-way identification in the CLIP
   image-embedding space from the simulator's noise-free scene features (linear and RBF-kernel ridge) beside ridge
   and the ViT3D from the fMRI, the measure of how linear the simulated brains are;
 - ``orderings``: each paper's ordering per seed: on how many of the evaluated subjects it holds.
@@ -124,6 +124,15 @@ def _language_rows(seed, lang):
     return metrics, orderings
 
 
+def _refine_rows(seed, refine):
+    """Notebook 05's table: two-way identification of every refined model (the recipe, its CFG-mask phase, the
+    sampling variants such as the official one trial per image) and of the multi-subject start, on the refined
+    subject."""
+    test = refine[(refine.split == "test") & (refine.metric == "two_way_clip")]
+    return [dict(seed=seed, source="refinement", method=r.method, metric="two_way_clip", value=float(r.value))
+            for r in test.itertuples(index=False) if not r.method.endswith("_shuffled")]
+
+
 def _concept_rows(seed, results):
     """NV2L's concept check in the reconstruction stage: located vs random voxels, per subject."""
     c = results[(results.method == "nv2l_concepts") & (results.subject.astype(str) != "all")]
@@ -193,7 +202,8 @@ def aggregate(homes, profile="demo", log=print):
             o += _concept_rows(seed, read_metrics(res["folder"]))
             m2, o2 = _language_rows(seed, read_metrics(require_stage("language", profile)))
             m3 = _ceiling_rows(seed, profile, log)
-        metrics += m + m2 + m3
+            m4 = _refine_rows(seed, read_metrics(require_stage("refine", profile)))
+        metrics += m + m2 + m3 + m4
         orderings += o + o2
     return pd.DataFrame(metrics), pd.DataFrame(orderings)
 

@@ -58,7 +58,9 @@ def test_full_profile_chain_through_one_run_config(tmp_path, capsys):
     assert "[done] 08_paper_figures.ipynb" in out
     # make seeds' tables, here over this one chain: every headline number and ordering is read from the stages
     metrics, orderings = aggregate({0: paths.home()}, "full")
-    assert {"reconstruction", "language", "ceiling"} == set(metrics.source) and metrics.value.notna().all()
+    assert {"reconstruction", "language", "ceiling", "refinement"} == set(metrics.source)
+    assert metrics.value.notna().all()
+    assert {"refined", "refined_mask", "refined_last"} <= set(metrics[metrics.source == "refinement"].method)
     assert len(metrics[metrics.source == "ceiling"]) == 4  # the decoding ceiling: the tree is NSD-mini
     assert {"NV2L > ridge", "brain captions > nearest-neighbour captions"} <= set(orderings.claim)
     summary, holds = summarise(metrics, orderings)

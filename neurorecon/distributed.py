@@ -8,13 +8,21 @@ ranks' results gives the single-process order, also for uneven splits (``n`` not
 processes, or fewer items than processes: a rank may get an empty slice).
 
 Every function accepts ``accelerator=None`` (one process: the whole range, no communication).
+
+Sharded training (FSDP2, ``configs/accelerate/fsdp_8gpu.yaml``) splits every parameter across the ranks, so no
+rank's ``model.state_dict()`` holds the model. :func:`full_state_dict` gathers it (a collective: every rank
+calls it), :func:`meta_copy` keeps an empty (meta-device) copy of a module taken before sharding and
+:func:`load_unsharded` fills that copy with the gathered weights: an ordinary module again, for the next
+training phase, evaluation or ``save_pretrained``.
 """
 
 import contextlib
+import copy
 
 import torch
 
-__all__ = ["shard", "shard_bounds", "gather", "world", "main_writer", "num_processes", "require_single_process"]
+__all__ = ["shard", "shard_bounds", "gather", "world", "main_writer", "num_processes", "require_single_process",
+           "is_sharded", "require_unsharded", "full_state_dict", "meta_copy", "load_unsharded"]
 
 
 def world(accelerator=None):
@@ -71,6 +79,77 @@ def gather(tensor, accelerator=None):
     every = accelerator.gather(x.contiguous())  # (num × longest, ...), rank-major
     parts = [every[r * longest:r * longest + sizes[r]] for r in range(num)]
     return torch.cat(parts).to(device=tensor.device, dtype=dtype)
+
+
+def is_sharded(accelerator=None):
+    """Whether ``accelerator`` shards the models it prepares (FSDP): then a prepared model's parameters are
+    per-rank shards (DTensors) and its weights must be gathered with :func:`full_state_dict`."""
+    if accelerator is None:
+        return False
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def require_unsharded(accelerator, stage):
+    """Raise when ``stage`` (one whose models fit a GPU and that uses the module it trained afterwards) was
+    launched with a sharding (FSDP) config."""
+    if is_sharded(accelerator):
+        from .errors import ConfigError
+
+        raise ConfigError(f"the {stage} stage trains data-parallel (its models fit one GPU): launch it with a DDP "
+                          "config (ddp_8gpu.yaml); the FSDP config is for the language stage")
+
+
+def full_state_dict(accelerator, model):
+    """The whole state dict of ``model``, on every rank.
+
+    Under FSDP (``model`` as returned by ``accelerator.prepare``) the shards of every rank are gathered (a
+    collective: call it on every rank); the tensors are on the accelerator's device. Otherwise the (unwrapped)
+    module's own ``state_dict()``.
+    """
+    if not is_sharded(accelerator):
+        return (accelerator.unwrap_model(model) if accelerator is not None else model).state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+
+
+def meta_copy(module):
+    """A deep copy of ``module`` whose parameters live on the meta device (no memory); buffers and every other
+    attribute are copied. Take it before ``accelerator.prepare`` shards the module; :func:`load_unsharded`
+    fills it."""
+    memo = {id(p): torch.nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+            for p in module.parameters()}
+    return copy.deepcopy(module, memo)
+
+
+def _tied_groups(module):
+    """Names of the parameters that are one tensor (tied weights), one list per tensor shared by several."""
+    groups = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def _set_param(module, name, param):
+    owner, _, leaf = name.rpartition(".")
+    setattr(module.get_submodule(owner) if owner else module, leaf, param)
+
+
+def load_unsharded(skeleton, state_dict):
+    """Fill a :func:`meta_copy` with a full state dict (every key must match) and return it; tied weights stay
+    tied and each parameter keeps the skeleton's ``requires_grad``."""
+    groups = _tied_groups(skeleton)
+    skeleton.load_state_dict(state_dict, strict=True, assign=True)
+    for names in groups:
+        first = skeleton.get_parameter(names[0])
+        for name in names[1:]:
+            _set_param(skeleton, name, first)
+    left = [n for n, t in list(skeleton.named_parameters()) + list(skeleton.named_buffers()) if t.is_meta]
+    if left:
+        raise ValueError(f"load_unsharded: no weights for {left[:5]} (the state dict is not this module's)")
+    return skeleton
 
 
 def num_processes():

@@ -19,6 +19,13 @@ are keyed by :func:`checkpoint_key`, over the config fields that change training
 
 Launch several processes with ``accelerate launch`` (GPUs) or, on CPU, ``torchrun --standalone
 --nproc_per_node 2`` (``accelerate launch --cpu --num_processes 2`` starts only one process).
+
+Under FSDP (``configs/accelerate/fsdp_8gpu.yaml``, FSDP2 only) the prepared model's parameters are shards:
+checkpoints are sharded (accelerate writes every rank's shards with ``torch.distributed.checkpoint``) and, when
+training ends, :func:`fit` gathers the weights into an unsharded copy of the model, ``TrainResult.model``, which
+the caller uses from then on (the module it passed in keeps the shards). Without GPUs accelerate quietly turns
+an FSDP launch into plain data parallelism; :func:`make_accelerator` refuses that, unless
+``NEURORECON_FSDP_ON_CPU=1`` (tests only) asks for real FSDP over gloo on the CPU.
 """
 
 import contextlib
@@ -35,6 +42,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .distributed import full_state_dict, is_sharded, load_unsharded, meta_copy
 from .dryrun.probe import step_probe
 from .errors import ConfigError, NeuroreconError
 
@@ -152,13 +160,44 @@ class TrainResult:
     steps: int = 0
     seconds: float = 0.0
     resumed_from: int = 0
+    model: object = field(default=None, repr=False)  # the trained module (under FSDP an unsharded copy)
+
+
+#: Set to 1 to run an FSDP launch over gloo on a machine without GPUs (tests of the sharded path only).
+FSDP_ON_CPU = "NEURORECON_FSDP_ON_CPU"
+
+
+def _fsdp_requested():
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def _fsdp_on_cpu(acc):
+    """Turn the MULTI_CPU (gloo) state accelerate set up for an FSDP launch into an FSDP one: accelerate only
+    shards on accelerators, but FSDP2's collectives run on gloo (the default device mesh is the CPU's)."""
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    # accelerate copies PartialState's fields into AcceleratorState whenever one is created: set both
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    acc.state.distributed_type = DistributedType.FSDP
+    if getattr(acc.state, "fsdp_plugin", None) is None:
+        plugin = FullyShardedDataParallelPlugin()  # from the launcher's FSDP_* variables
+        if acc.mixed_precision != "no":
+            plugin.set_mixed_precision(acc.mixed_precision)
+        acc.state.fsdp_plugin = plugin
 
 
 def make_accelerator(mixed_precision="no", cpu=None):
-    """An ``Accelerator`` (CPU when there is no CUDA device). Raises when the launcher started several processes
-    but accelerate set up a single-process state (e.g. FSDP requested on a machine without GPUs: every rank
-    would then train its own copy)."""
+    """An ``Accelerator`` (CPU when there is no CUDA device).
+
+    Raises when the launcher started several processes but accelerate set up a single-process state, or an FSDP
+    launch that accelerate runs as plain data parallelism (FSDP on a machine without GPUs: every rank would hold
+    the whole model, which is exactly what the config was chosen to avoid), and for FSDP1 configs (the loop
+    supports FSDP2, ``fsdp_version: 2``). ``NEURORECON_FSDP_ON_CPU=1`` runs an FSDP launch on CPU ranks (gloo)
+    instead, for tests.
+    """
     from accelerate import Accelerator
+    from accelerate.utils import DistributedType
 
     if cpu is None:
         cpu = not torch.cuda.is_available()
@@ -169,7 +208,33 @@ def make_accelerator(mixed_precision="no", cpu=None):
             f"the launcher started {launched} processes (WORLD_SIZE) but accelerate set up "
             f"{acc.num_processes} ({acc.distributed_type}); FSDP and DeepSpeed configs need GPUs, use the DDP "
             "config (or torchrun without them) on CPU")
+    if _fsdp_requested() and acc.num_processes > 1 and acc.distributed_type != DistributedType.FSDP:
+        if os.environ.get(FSDP_ON_CPU) != "1":
+            raise NeuroreconError(
+                f"an FSDP launch, but accelerate set up {acc.distributed_type} (no GPUs): every rank would hold "
+                f"the whole model; use the DDP config on CPU (or set {FSDP_ON_CPU}=1 to test FSDP on gloo)")
+        _fsdp_on_cpu(acc)
+    if is_sharded(acc) and acc.state.fsdp_plugin.fsdp_version != 2:
+        raise ConfigError(f"FSDP version {acc.state.fsdp_plugin.fsdp_version}: neurorecon's training loop "
+                          "supports FSDP2 only; set fsdp_version: 2 in the accelerate config (see fsdp_8gpu.yaml)")
     return acc
+
+
+@contextlib.contextmanager
+def _wrap_present_layers(acc, model):
+    """Under FSDP, auto-wrap only the configured layer classes that ``model`` has (accelerate refuses a model
+    without them: the ViT3D has no Llama layers; it is then sharded as one unit)."""
+    plugin = acc.state.fsdp_plugin if is_sharded(acc) else None
+    names = getattr(plugin, "transformer_cls_names_to_wrap", None)
+    if not names:
+        yield
+        return
+    present = {type(m).__name__ for m in model.modules()}
+    plugin.transformer_cls_names_to_wrap = [n for n in names if n in present]
+    try:
+        yield
+    finally:
+        plugin.transformer_cls_names_to_wrap = names
 
 
 def _phase(name):
@@ -281,6 +346,8 @@ def fit(model, loss_fn, data, *, steps, batch_size, lr, weight_decay=0.01, seed=
     Returns
     -------
     TrainResult
+        ``model`` holds the trained module: ``model`` itself, or under FSDP an unsharded copy with the gathered
+        weights (the module passed in then holds shards only; go on with the copy).
     """
     grad_accum = int(grad_accum)
     if grad_accum < 1:
@@ -290,7 +357,9 @@ def fit(model, loss_fn, data, *, steps, batch_size, lr, weight_decay=0.01, seed=
         model.enable_gradient_checkpointing()
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    model, opt = acc.prepare(model, opt)
+    original, skeleton = model, (meta_copy(model) if is_sharded(acc) else None)
+    with _wrap_present_layers(acc, model):
+        model, opt = acc.prepare(model, opt)
     params = [p for group in opt.param_groups for p in group["params"]]  # FSDP replaces them with shards
     world, rank = acc.num_processes, acc.process_index
     micro = batch_size * world
@@ -353,8 +422,19 @@ def fit(model, loss_fn, data, *, steps, batch_size, lr, weight_decay=0.01, seed=
         if ckpt_dir and ckpt_every and done % ckpt_every == 0 and done < steps:
             save_checkpoint(acc, ckpt_dir, done, dict(losses=losses, **meta))
         if stop_after is not None and done >= stop_after:
-            return TrainResult(losses, done, time.time() - t0, start)
+            return TrainResult(losses, done, time.time() - t0, start, _trained(acc, model, original, skeleton))
     if ckpt_dir and start < steps:  # (a run resumed from its final checkpoint has nothing new to save)
         save_checkpoint(acc, ckpt_dir, steps, dict(losses=losses, **meta))
     model.eval()
-    return TrainResult(losses, steps, time.time() - t0, start)
+    return TrainResult(losses, steps, time.time() - t0, start, _trained(acc, model, original, skeleton).eval())
+
+
+def _trained(acc, prepared, original, skeleton):
+    """The module the caller goes on with: ``original`` itself, or under FSDP ``skeleton`` filled with the
+    gathered weights (the sharded model and its optimizer are then released, so that the next phase's
+    checkpoints hold only its own model)."""
+    if skeleton is None:
+        return original
+    trained = load_unsharded(skeleton, full_state_dict(acc, prepared)).train(original.training)
+    acc.free_memory()
+    return trained

@@ -27,7 +27,7 @@ from ..config import StageConfig
 from ..data import open_store
 from ..data.stage import store_path
 from ..devices import stage_device, to_module
-from ..distributed import gather, shard
+from ..distributed import gather, require_unsharded, shard
 from ..errors import ConfigError, DataError
 from ..training import checkpoint_root, fit, make_accelerator, remove_checkpoints, resolve_steps
 from .data import StackedMaps, check_flat, pretraining_arrays, visual_mask
@@ -167,6 +167,7 @@ def run_encoding_stage(cfg, force=False, progress=True):
     data = StackedMaps(arrays)
     model = initial_autoencoder(cfg, size) if cfg.init_checkpoint else build_autoencoder(cfg, size)
     acc = make_accelerator(cfg.mixed_precision)
+    require_unsharded(acc, cfg.STAGE)
     mask_t = torch.from_numpy(mask).to(stage_device(acc))
     ckpt = checkpoint_dir(cfg)
     steps, record = resolve_steps(cfg.steps, cfg.epochs, len(data), cfg.batch_size, acc.num_processes,

@@ -36,7 +36,7 @@ from ..config import StageConfig
 from ..data import open_store
 from ..data.stage import store_path
 from ..devices import check_precision, module_dtype, stage_device, to_module
-from ..distributed import main_writer
+from ..distributed import main_writer, require_unsharded
 from ..encoding import load_encoder
 from ..errors import ConfigError
 from ..training import checkpoint_root, fit, make_accelerator, remove_checkpoints, resolve_steps
@@ -184,6 +184,7 @@ def _setup(cfg, foundation):
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     acc = make_accelerator(cfg.mixed_precision)
+    require_unsharded(acc, cfg.STAGE)
     fm = foundation or load_stage_foundation(cfg.profile, stage_device(acc))
     check_precision(module_dtype(fm.unet), cfg.mixed_precision, f"{cfg.STAGE} config ({cfg.profile})")
     return acc, fm, open_store(store_path(cfg.profile))

@@ -292,10 +292,11 @@ def _train_concept_encoders(cfg, store, targets, train_rows, trials, acc, progre
         model = build_vit3d(store, targets, train_rows, trials, P, cfg.width, cfg.depth, cfg.heads, cfg.mlp_ratio,
                             cfg.head_hidden, cfg.dropout, cfg.seed + P)
         steps, _ = _steps(cfg, len(trials), cfg.enc_epochs, cfg.enc_steps, cfg.enc_batch, "enc_steps")
-        train_vit3d(model, trials, targets, steps=steps, batch_size=cfg.enc_batch, lr=cfg.enc_lr, alpha=cfg.alpha,
-                    mixup=cfg.mixup, weight_decay=cfg.enc_weight_decay, seed=cfg.seed + P,
-                    ckpt_dir=checkpoint_dir(cfg, f"vit3d_p{P}"), ckpt_every=cfg.ckpt_every,
-                    mixed_precision=cfg.mixed_precision, progress=progress, grad_accum=cfg.grad_accum, accelerator=acc)
+        model = train_vit3d(model, trials, targets, steps=steps, batch_size=cfg.enc_batch, lr=cfg.enc_lr,
+                            alpha=cfg.alpha, mixup=cfg.mixup, weight_decay=cfg.enc_weight_decay, seed=cfg.seed + P,
+                            ckpt_dir=checkpoint_dir(cfg, f"vit3d_p{P}"), ckpt_every=cfg.ckpt_every,
+                            mixed_precision=cfg.mixed_precision, progress=progress, grad_accum=cfg.grad_accum,
+                            accelerator=acc).model  # (under FSDP an unsharded copy)
         out[P] = (model.eval().requires_grad_(False), time.time() - t)
         log(f"ViT3D (patch {P}, concept ensemble): {steps} steps in {out[P][1]:.0f} s")
     return out
@@ -476,7 +477,7 @@ def _run(cfg, fm, progress, log, acc):
                           mixed_precision=cfg.mixed_precision, progress=progress, grad_accum=cfg.grad_accum,
                           accelerator=acc)
         losses["ViT3D"] = res.losses
-        encoder.eval().requires_grad_(False)
+        encoder = res.model.eval().requires_grad_(False)  # (under FSDP an unsharded copy)
         ensemble = _train_concept_encoders(cfg, store, targets, train_rows, trials, acc, progress, log)
         if main:
             encoder.save_pretrained(w.path / "vit3d")
@@ -516,6 +517,7 @@ def _run(cfg, fm, progress, log, acc):
                                     grad_accum=cfg.grad_accum, ckpt_dir=checkpoint_dir(cfg, f"llava{stage}"),
                                     ckpt_every=cfg.ckpt_every, mixed_precision=cfg.mixed_precision,
                                     progress=progress, accelerator=acc)
+            llava = res.model  # (under FSDP an unsharded copy of the sharded model, as every rank goes on)
             params = trainable_summary(llava)
             w.add_metric("brain_llava", "all", "train", f"stage{stage}_trainable_params", params["trainable"])
             w.add_metric("brain_llava", "all", "train", f"stage{stage}_frozen_params", params["frozen"])
@@ -527,6 +529,7 @@ def _run(cfg, fm, progress, log, acc):
             log(f"LLaVA stage {stage}: {len(records)} records, {steps} steps in {timings[f'llava_stage{stage}']:.0f} s, "
                 f"loss {res.losses[0][1]:.3f} -> {res.losses[-1][1]:.3f}")
             t = time.time()
+        encoder = llava.encoder  # the one in the trained LLaVA (under FSDP a copy)
         if not main:
             return
         llava.eval()

@@ -175,7 +175,7 @@ def _prepare_stage(model, stage, lora):
 def train_llava_stage(model, data, voxels, stage, *, steps, batch_size, lr, weight_decay=0.0, seed=0, lora_r=0,
                       lora_alpha=16, lora_dropout=0.05, lora_targets=LORA_TARGETS, gradient_checkpointing=False,
                       fmri="trial", grad_accum=1, ckpt_dir=None, ckpt_every=0, mixed_precision="no", progress=True,
-                      accelerator=None):
+                      accelerator=None, stop_after=None):
     """Stage 1 (projector) or stage 2 (projector + LoRA adapters, or projector + the whole LM).
 
     Parameters
@@ -193,11 +193,12 @@ def train_llava_stage(model, data, voxels, stage, *, steps, batch_size, lr, weig
         The fMRI a record is paired with: one random trial of its image per step, or the mean of its trials.
     grad_accum : int
         Micro-batches per optimizer step (needs :func:`neurorecon.training.fit` with ``grad_accum``).
-    ckpt_dir, ckpt_every, mixed_precision, progress, accelerator : see :func:`neurorecon.training.fit`.
+    ckpt_dir, ckpt_every, mixed_precision, progress, accelerator, stop_after : see :func:`neurorecon.training.fit`.
 
     Returns
     -------
     TrainResult
+        Its ``model`` is the trained brain LLaVA to go on with (under FSDP an unsharded copy of ``model``).
     """
     if stage not in (1, 2):
         raise ValueError(f"stage must be 1 or 2, found {stage!r}")
@@ -209,6 +210,8 @@ def train_llava_stage(model, data, voxels, stage, *, steps, batch_size, lr, weig
         extra["grad_accum"] = int(grad_accum)
     if accelerator is not None:
         extra["accelerator"] = accelerator
+    if stop_after is not None:
+        extra["stop_after"] = stop_after
     _prepare_stage(model, stage, dict(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, targets=lora_targets))
     if gradient_checkpointing:
         _checkpointing(model.lm, True)
@@ -217,12 +220,16 @@ def train_llava_stage(model, data, voxels, stage, *, steps, batch_size, lr, weig
     quiet = logging.getLogger("accelerate.utils.other")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
+    res = None
     try:
-        return fit(model, llava_loss(voxels, fmri), data, steps=steps, batch_size=batch_size, lr=lr,
-                   weight_decay=weight_decay, seed=seed, params=params, ckpt_dir=ckpt_dir, ckpt_every=ckpt_every,
-                   mixed_precision=mixed_precision, desc=f"LLaVA stage {stage}", progress=progress,
-                   log_every=max(1, steps // 100), **extra)
+        res = fit(model, llava_loss(voxels, fmri), data, steps=steps, batch_size=batch_size, lr=lr,
+                  weight_decay=weight_decay, seed=seed, params=params, ckpt_dir=ckpt_dir, ckpt_every=ckpt_every,
+                  mixed_precision=mixed_precision, desc=f"LLaVA stage {stage}", progress=progress,
+                  log_every=max(1, steps // 100), **extra)
+        return res
     finally:
         quiet.setLevel(level)
         if gradient_checkpointing:
             _checkpointing(model.lm, False)
+            if res is not None and res.model is not None and res.model is not model:  # FSDP's unsharded copy
+                _checkpointing(res.model.lm, False)

@@ -16,6 +16,8 @@ def test_notebook_committed_clean(nb):
     assert data["metadata"]["kernelspec"]["name"] == "python3"
     code = [c for c in data["cells"] if c["cell_type"] == "code"]
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "strip outputs"
+    ids = [c.get("id") for c in data["cells"]]  # nbformat 4.5: missing ids will become an error
+    assert all(ids) and len(set(ids)) == len(ids), "every cell has its own id"
     params = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(params) == 1, "exactly one cell tagged 'parameters'"
     assert 'os.environ.get("NEURORECON_PROFILE", "demo")' in "".join(params[0]["source"])

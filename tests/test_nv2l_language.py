@@ -66,6 +66,22 @@ def test_templates_and_record_types():
     assert build_instruction_data(ann, sorted(ann), 64, seed=1) != recs
 
 
+def test_several_conversations_per_image_keep_the_first_and_add_distinct_dialogues():
+    ann = _annotations(20)
+    one = build_instruction_data(ann, sorted(ann), 64)
+    three = build_instruction_data(ann, sorted(ann), 64, generator=load_generator("template", 1), n_conversations=3)
+    assert [r for r in one if r["type"] != "conversation"] == [r for r in three if r["type"] != "conversation"]
+    conv = [r for r in three if r["type"] == "conversation"]
+    assert len(conv) == 3 * len(ann) and len({r["id"] for r in three}) == len(three)
+    assert all(len(r["conversations"]) == 2 and r["conversations"][0]["value"].startswith("<image>\n") for r in conv)
+    first = {r["image_id"]: r for r in build_instruction_data(ann, sorted(ann), 64, load_generator("template", 1))
+             if r["type"] == "conversation"}
+    assert all(first[r["image_id"]] == r for r in conv if r["id"].endswith("_conversation"))
+    assert len({json.dumps(r["conversations"]) for r in conv}) > 2 * len(ann)  # mostly different questions
+    with pytest.raises(ConfigError, match="n_conversations"):
+        build_records(1000, ann[1000], 64, n_conversations=0)
+
+
 def test_answers_are_true_by_construction():
     ann = _annotations(60)
     where = {"on the left": "left", "on the right": "right", "at the top": "top", "at the bottom": "bottom",

@@ -342,16 +342,17 @@ def _concept_answer(annotation, objs, concept):
     return _cap(f"{_count_phrase(len(hits), concept)} {_be(len(hits))} in the image: {_join(where)}.")
 
 
-def _record(image_id, kind, turns):
+def _record(image_id, kind, turns, index=0):
     conv = []
     for k, (q, a) in enumerate(turns):
         conv.append({"from": "human", "value": ("<image>\n" + q) if k == 0 else q})
         conv.append({"from": "gpt", "value": a})
-    return {"id": f"{int(image_id):06d}_{kind}", "image": image_file_name(image_id), "image_id": int(image_id),
+    return {"id": f"{int(image_id):06d}_{kind}{index or ''}", "image": image_file_name(image_id), "image_id": int(image_id),
             "type": kind, "conversations": conv}
 
 
-def build_records(image_id, annotation, image_size, generator=None, seed=0, categories=(), types=RECORD_TYPES):
+def build_records(image_id, annotation, image_size, generator=None, seed=0, categories=(), types=RECORD_TYPES,
+                  n_conversations=1):
     """All instruction records of one image (deterministic in ``seed`` and ``image_id``).
 
     Parameters
@@ -368,11 +369,16 @@ def build_records(image_id, annotation, image_size, generator=None, seed=0, cate
         Category vocabulary (absent-object questions and negative concept records draw from it).
     types : sequence of str
         Record types to build.
+    n_conversations : int
+        ``conversation`` records per image, each a dialogue drawn with its own generator (the first one as with
+        a single record; ids ``<image>_conversation``, ``<image>_conversation1``, ...).
 
     Returns
     -------
     list of dict
     """
+    if int(n_conversations) < 1:
+        raise ConfigError(f"n_conversations {n_conversations!r}: expected an integer >= 1")
     generator = generator or TemplateDialogues()
     ann = dict(annotation, image_size=image_size, categories=list(categories))
     objs = scene_objects(ann, image_size)
@@ -392,7 +398,13 @@ def build_records(image_id, annotation, image_size, generator=None, seed=0, cate
             if objs:
                 out.append(_record(image_id, kind, [(DETAILED_TEMPLATES[rng.integers(len(DETAILED_TEMPLATES))],
                                                      _detailed_answer(ann, objs))]))
-        elif kind in ("conversation", "reasoning"):
+        elif kind == "conversation":
+            for k in range(int(n_conversations)):
+                turns = generator(ann, kind, rng if k == 0 else np.random.default_rng(
+                    [int(seed), int(image_id), RECORD_TYPES.index(kind), k]))
+                if turns:
+                    out.append(_record(image_id, kind, turns, k))
+        elif kind == "reasoning":
             turns = generator(ann, kind, rng)
             if turns:
                 out.append(_record(image_id, kind, turns))
@@ -414,7 +426,8 @@ def build_records(image_id, annotation, image_size, generator=None, seed=0, cate
     return out
 
 
-def build_instruction_data(annotations, image_ids, image_size, generator=None, seed=0, types=RECORD_TYPES):
+def build_instruction_data(annotations, image_ids, image_size, generator=None, seed=0, types=RECORD_TYPES,
+                           n_conversations=1):
     """Records of many images, in image order then type order.
 
     Parameters
@@ -423,13 +436,13 @@ def build_instruction_data(annotations, image_ids, image_size, generator=None, s
         ``store.annotations``.
     image_ids : sequence of int
     image_size : int
-    generator, seed, types : see :func:`build_records`.
+    generator, seed, types, n_conversations : see :func:`build_records`.
     """
     categories = annotated_categories(annotations)
     out = []
     for image_id in image_ids:
         out += build_records(int(image_id), annotations[int(image_id)], image_size, generator, seed, categories,
-                             types)
+                             types, n_conversations)
     return out
 
 

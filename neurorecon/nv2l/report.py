@@ -48,7 +48,10 @@ def dialogues(llava, store, subject, test_records, n=3, max_new_tokens=32):
         ``image_id``, ``turn``, ``question``, ``brain``, ``truth``.
     """
     x, ids = test_voxels(store, subject)
-    convs = {r["image_id"]: r["conversations"] for r in test_records if r["type"] == "conversation"}
+    convs = {}
+    for r in test_records:  # an image's first conversation (n_conversations may give it several)
+        if r["type"] == "conversation":
+            convs.setdefault(r["image_id"], r["conversations"])
     rows = []
     picks = [k for k, i in enumerate(ids) if int(i) in convs][:n]
     for k in picks:

@@ -77,6 +77,7 @@ class LanguageConfig(StageConfig):
     eval_subjects: Optional[list[int]] = None
     dialogue_generator: str = "template"
     n_turns: int = 4
+    n_conversations: int = 1
     captioner: Optional[str] = None
     captioner_batch: int = 32
     export_images: bool = True
@@ -455,8 +456,8 @@ def _run(cfg, fm, progress, log, acc):
         if captioner is not None:  # instruction data only: evaluation keeps the store's (human) references
             annotations = add_captions(annotations, np.union1d(train_ids, test_ids), store.get_images, captioner,
                                        cfg.captioner_batch)
-        tr = build_instruction_data(annotations, train_ids, size, gen, cfg.seed)
-        te = build_instruction_data(annotations, test_ids, size, gen, cfg.seed)
+        tr = build_instruction_data(annotations, train_ids, size, gen, cfg.seed, n_conversations=cfg.n_conversations)
+        te = build_instruction_data(annotations, test_ids, size, gen, cfg.seed, n_conversations=cfg.n_conversations)
         if main:
             export_llava(tr, store, w.path, "train", subjects, cfg.export_images)
             export_llava(te, store, w.path, "test", eval_subjects, cfg.export_images)

@@ -16,8 +16,9 @@ import torch
 
 from neurorecon.foundation.tiny import DEFAULT_TEXTS, tiny_lm, train_bpe_tokenizer
 from neurorecon.nv2l.llava import BrainLlava
-from neurorecon.nv2l.tuning import llava_batches, train_llava_stage
+from neurorecon.nv2l.tuning import train_llava_stage
 from neurorecon.nv2l.vit3d import ViT3D
+from test_nv2l_tuning import _data
 
 COLOURS = ["blue", "green", "yellow"]  # three tokens each
 N = 16
@@ -37,14 +38,7 @@ def tiny_llava():
 def data(llava):
     """Records whose answers have the same number of tokens, so that the mean of the ranks' token-mean losses is
     the token mean of the whole batch (as in one process)."""
-    rng = np.random.default_rng(0)
-    codes = rng.normal(size=(4, 256)).astype(np.float32) * 2
-    vox = torch.from_numpy(np.stack([codes[i % 3] + 0.1 * rng.normal(size=256) for i in range(N)]).astype(np.float32))
-    recs = [dict(image_id=i, type="brief", conversations=[
-        {"from": "human", "value": "<image>\nWhat colour is it?"},
-        {"from": "gpt", "value": f"It is {COLOURS[i % 3]}."}]) for i in range(N)]
-    rows = np.arange(N)[:, None]
-    batches = llava_batches(recs, llava.tokenizer, lambda ids: (rows[ids], np.ones(len(ids), np.int64)), 64)
+    batches, vox = _data(llava, N, COLOURS)
     answer_tokens = (batches.fields["labels"] != -100).sum(1)
     assert len(set(answer_tokens.tolist())) == 1, answer_tokens
     return batches, vox

@@ -47,13 +47,16 @@ def _llava(base, dtype=torch.bfloat16):
     return BrainLlava(enc, lm, tok)
 
 
-def _data(llava, n=16):
+def _data(llava, n=16, colours=COLOURS):
+    """``n`` records "What colour is it?" -> "It is <colour>." and voxels that encode the colour (one noisy code per
+    colour): (batches, voxels). Also the data of tests/fsdp_worker.py."""
     rng = np.random.default_rng(0)
+    k = len(colours)
     codes = rng.normal(size=(4, 256)).astype(np.float32) * 2
-    vox = torch.from_numpy(np.stack([codes[i % 4] + 0.1 * rng.normal(size=256) for i in range(n)]).astype(np.float32))
+    vox = torch.from_numpy(np.stack([codes[i % k] + 0.1 * rng.normal(size=256) for i in range(n)]).astype(np.float32))
     recs = [dict(image_id=i, type="brief", conversations=[
         {"from": "human", "value": "<image>\nWhat colour is it?"},
-        {"from": "gpt", "value": f"It is {COLOURS[i % 4]}."}]) for i in range(n)]
+        {"from": "gpt", "value": f"It is {colours[i % k]}."}]) for i in range(n)]
     rows = np.arange(n)[:, None]
     return llava_batches(recs, llava.tokenizer, lambda ids: (rows[ids], np.ones(len(ids), np.int64)), 64), vox
 

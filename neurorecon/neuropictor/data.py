@@ -21,7 +21,11 @@ from ..data.store import average_by_image
 from ..encoding.data import StackedMaps
 from ..errors import DataError
 
-__all__ = ["subject_pairs", "PairBatches", "cache_latents", "caption_lists"]
+__all__ = ["REPETITIONS", "subject_pairs", "PairBatches", "cache_latents", "caption_lists"]
+
+
+#: How the training samples of a (subject, image) are drawn from its trials (``repetitions`` of the configs).
+REPETITIONS = ("average", "last", "trials")
 
 
 def subject_pairs(store, subject, repetitions="average"):
@@ -39,7 +43,7 @@ def subject_pairs(store, subject, repetitions="average"):
         ids, rev = np.unique(trial_ids[::-1], return_index=True)
         rows = len(trial_ids) - 1 - rev  # the last trial of each (sorted) image
         return np.asarray(sub.train_flat[np.sort(rows)]), trial_ids[np.sort(rows)]
-    raise ValueError(f"repetitions must be 'average', 'last' or 'trials', got {repetitions!r}")
+    raise ValueError(f"repetitions must be one of {REPETITIONS}, got {repetitions!r}")
 
 
 def cache_latents(fm, store, image_ids, folder, accelerator=None, batch_size=64):

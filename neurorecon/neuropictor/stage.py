@@ -40,7 +40,7 @@ from ..distributed import main_writer, require_unsharded
 from ..encoding import load_encoder
 from ..errors import ConfigError
 from ..training import checkpoint_root, fit, make_accelerator, remove_checkpoints, resolve_steps
-from .data import PairBatches, cache_latents, caption_lists, subject_pairs
+from .data import REPETITIONS, PairBatches, cache_latents, caption_lists, subject_pairs
 from .evaluate import (SampleSettings, evaluate_reconstructions, load_pipeline, pipeline_from_model,
                        reconstruct, save_model)
 from .metrics import image_metrics
@@ -157,10 +157,6 @@ def _record_steps(w, method, subject, record, result):
     """The stage's metrics of a training run's length (see the module docstring) and the step it resumed from."""
     for k, v in dict(record, resumed_from=result.resumed_from).items():
         w.add_metric(method, subject, "train", k, v)
-
-
-#: How the training samples of a (subject, image) are drawn from its trials (``repetitions`` of the configs).
-REPETITIONS = ("average", "last", "trials")
 
 
 def _setup(cfg, foundation):
@@ -297,17 +293,14 @@ def run_pretrain_stage(cfg, force=False, progress=True, foundation=None, stop_af
     data = _pairs(fm, store, subjects, cfg.repetitions, ckpt / "cache", acc)
     model = build_neuropictor(fm, encoder, cfg.semantic_mid, seed=cfg.seed, cfg_mask_prob=cfg.cfg_mask_prob)
     steps, record = _steps(cfg, acc, len(data), cfg.steps, cfg.epochs)
+    common = _training_kwargs(cfg, acc, progress)
     cpu0 = time.process_time()
-    res = train_neuropictor(model, data, fm, steps=steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                            weight_decay=cfg.weight_decay, seed=cfg.seed, ckpt_dir=ckpt / "train",
-                            ckpt_every=cfg.ckpt_every, mixed_precision=cfg.mixed_precision,
-                            gradient_checkpointing=cfg.gradient_checkpointing, desc="pretrain", progress=progress,
-                            accelerator=acc, stop_after=stop_after, max_grad_norm=cfg.max_grad_norm,
-                            grad_accum=cfg.grad_accum)
+    res = train_neuropictor(model, data, fm, steps=steps, lr=cfg.lr, ckpt_dir=ckpt / "train", desc="pretrain",
+                            stop_after=stop_after, **common)
     cpu = time.process_time() - cpu0
     if stop_after is not None and res.steps < steps:
         return None
-    masked, res_mask, mask_record = _pretrain_mask_phase(cfg, model, data, fm, ckpt, acc, progress)
+    masked, res_mask, mask_record = _pretrain_mask_phase(cfg, model, data, fm, ckpt, acc, common)
     if hook is not None:
         hook(model)
     main = acc.is_main_process
@@ -345,7 +338,15 @@ def run_pretrain_stage(cfg, force=False, progress=True, foundation=None, stop_af
     return folder
 
 
-def _pretrain_mask_phase(cfg, model, data, fm, ckpt, acc, progress):
+def _training_kwargs(cfg, acc, progress):
+    """The :func:`train_neuropictor` arguments every training run of a stage shares."""
+    return dict(batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, seed=cfg.seed, ckpt_every=cfg.ckpt_every,
+                mixed_precision=cfg.mixed_precision, gradient_checkpointing=cfg.gradient_checkpointing,
+                progress=progress, accelerator=acc, max_grad_norm=cfg.max_grad_norm, grad_accum=cfg.grad_accum,
+                semantic_target=_semantic_target(cfg))
+
+
+def _pretrain_mask_phase(cfg, model, data, fm, ckpt, acc, common):
     """The official code's optional ``pretrain_mask`` phase: the pretrained model continued with CFG masking
     (``mask_cfg_prob`` of the contexts replaced by the empty prompt's, ``mask_lr``) for ``mask_steps`` (or
     ``mask_epochs``); saved as ``model_mask`` beside ``model``, from which refinement still starts (as the official
@@ -355,12 +356,8 @@ def _pretrain_mask_phase(cfg, model, data, fm, ckpt, acc, progress):
         return None, None, None
     masked = NeuroPictorModel(copy.deepcopy(model.conditioner), copy.deepcopy(model.controlnet), fm.unet,
                               fm.scheduler_config, cfg.mask_cfg_prob, 0.0)
-    res = train_neuropictor(masked, data, fm, steps=mask_steps, batch_size=cfg.batch_size, lr=cfg.mask_lr,
-                            weight_decay=cfg.weight_decay, seed=cfg.seed, ckpt_dir=ckpt / "train_mask",
-                            ckpt_every=cfg.ckpt_every, mixed_precision=cfg.mixed_precision,
-                            gradient_checkpointing=cfg.gradient_checkpointing, desc="pretrain (CFG mask)",
-                            progress=progress, accelerator=acc, max_grad_norm=cfg.max_grad_norm,
-                            grad_accum=cfg.grad_accum)
+    res = train_neuropictor(masked, data, fm, steps=mask_steps, lr=cfg.mask_lr, ckpt_dir=ckpt / "train_mask",
+                            desc="pretrain (CFG mask)", **common)
     return masked, res, record
 
 
@@ -394,15 +391,10 @@ def run_refine_stage(cfg, force=False, progress=True, foundation=None, stop_afte
     ckpt = Path(ckpt_dir) if ckpt_dir else stage_checkpoint_dir(cfg, ("data", "foundation", "encoding", "pretrain"))
     data = _pairs(fm, store, [cfg.subject], cfg.repetitions, ckpt / "cache", acc, captions=True)
     pipe0 = load_pipeline(fm, pre / "model", cfg.scheduler)
-    common = dict(batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, seed=cfg.seed,
-                  ckpt_every=cfg.ckpt_every, mixed_precision=cfg.mixed_precision,
-                  gradient_checkpointing=cfg.gradient_checkpointing, progress=progress, accelerator=acc,
-                  max_grad_norm=cfg.max_grad_norm, grad_accum=cfg.grad_accum, semantic_target=cfg.semantic_target)
+    common = _training_kwargs(cfg, acc, progress)
     steps, record = _steps(cfg, acc, len(data), cfg.steps, cfg.epochs)
     mask_steps, mask_record = _steps(cfg, acc, len(data), cfg.mask_steps, cfg.mask_epochs, "mask_steps")
-    refined = NeuroPictorModel(pipe0.conditioner.with_residual(cfg.residual_init, cfg.seed),
-                               copy.deepcopy(pipe0.controlnet), fm.unet,
-                               fm.scheduler_config, 0.0, cfg.semantic_weight)
+    refined = _to_refine(cfg, fm, pipe0)
     cpu0 = time.process_time()
     res = train_neuropictor(refined, data, fm, steps=steps, lr=cfg.lr, ckpt_dir=ckpt / "refined",
                             desc="refine", stop_after=stop_after, **common)
@@ -448,14 +440,19 @@ def run_refine_stage(cfg, force=False, progress=True, foundation=None, stop_afte
     return folder
 
 
+def _to_refine(cfg, fm, pipe0):
+    """A fresh copy of the pretrained model (``pipe0``) with the parallel semantic branch, ready to refine."""
+    return NeuroPictorModel(pipe0.conditioner.with_residual(cfg.residual_init, cfg.seed),
+                            copy.deepcopy(pipe0.controlnet), fm.unet, fm.scheduler_config, 0.0, cfg.semantic_weight)
+
+
 def _refine_variant(cfg, mode, fm, store, pipe0, ckpt, acc, common):
     """Refinement (without the CFG-mask phase) of the same pretrained model on samples drawn as ``mode`` (e.g. the
     official code's ``last``: one trial per image) instead of ``cfg.repetitions``; returns (model, result, step
     record), scored as ``refined_<mode>`` beside the configured recipe."""
     data = _pairs(fm, store, [cfg.subject], mode, ckpt / "cache", acc, captions=True)  # the same images' latents
     steps, record = _steps(cfg, acc, len(data), cfg.steps, cfg.epochs)
-    model = NeuroPictorModel(pipe0.conditioner.with_residual(cfg.residual_init, cfg.seed),
-                             copy.deepcopy(pipe0.controlnet), fm.unet, fm.scheduler_config, 0.0, cfg.semantic_weight)
+    model = _to_refine(cfg, fm, pipe0)
     res = train_neuropictor(model, data, fm, steps=steps, lr=cfg.lr, ckpt_dir=ckpt / f"refined_{mode}",
                             desc=f"refine ({mode})", **common)
     return model, res, record

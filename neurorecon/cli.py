@@ -13,7 +13,7 @@ def _ints(text):
     try:
         return [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated subject numbers like 1,2,5,7, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers like 1,2,5,7, got {text!r}")
 
 
 def _cmd_simulate(args):
@@ -27,8 +27,7 @@ def _cmd_simulate(args):
 def _cmd_check(args):
     from .data import check_data
 
-    subjects = [int(x) for x in args.subjects.split(",")] if args.subjects else None
-    problems = check_data(args.nsd_root, args.manifest or args.profile, subjects=subjects)
+    problems = check_data(args.nsd_root, args.manifest or args.profile, subjects=args.subjects)
     if problems:
         print(f"{len(problems)} problem(s) in {args.nsd_root}:", file=sys.stderr)
         for p in problems:
@@ -131,10 +130,10 @@ def _cmd_seeds(args):
     from . import paths
     from .seeds import aggregate, run_seeds, write_report
 
-    seeds = _ints(args.seeds)
+    seeds = args.seeds
     homes = run_seeds(seeds, args.profile, root=args.root, config_file=args.config)
     metrics, orderings = aggregate(homes, args.profile)
-    command = f"neurorecon seeds --profile {args.profile} --seeds {args.seeds}"
+    command = f"neurorecon seeds --profile {args.profile} --seeds {','.join(map(str, seeds))}"
     out = write_report(metrics, orderings, args.out or (paths.repo_root() or paths.home()) / "benchmarks",
                        args.profile, command)
     for name, path in out.items():
@@ -157,7 +156,8 @@ def build_parser():
     s.add_argument("--nsd-root", required=True)
     s.add_argument("--profile", choices=["smoke", "demo", "full"], default="demo")
     s.add_argument("--manifest", help="a manifest YAML file (default data_manifests/<profile>.yaml)")
-    s.add_argument("--subjects", help="check only these subjects' files, e.g. 1,2,5,7 (default: every subject)")
+    s.add_argument("--subjects", type=_ints,
+                   help="check only these subjects' files, e.g. 1,2,5,7 (default: every subject)")
     s.set_defaults(func=_cmd_check)
 
     s = sub.add_parser("prepare", help="raw NSD (or NeuroPictor's released data) -> the prepared store every "
@@ -222,7 +222,7 @@ def build_parser():
     s.set_defaults(func=_cmd_reproduce)
 
     s = sub.add_parser("seeds", help="the chain for several simulator seeds, then the spread of its findings")
-    s.add_argument("--seeds", required=True, help="e.g. 0,1,2")
+    s.add_argument("--seeds", required=True, type=_ints, help="e.g. 0,1,2")
     s.add_argument("--profile", choices=["smoke", "demo"], default="demo")
     s.add_argument("--config", help="a run config applied to every seed (its data.sim_seed is set per seed)")
     s.add_argument("--root", help="where the seeds' homes go (default $NEURORECON_HOME/seeds/<profile>)")

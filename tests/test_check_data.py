@@ -1,4 +1,5 @@
 import h5py
+import pytest
 import numpy as np
 import yaml
 
@@ -75,3 +76,10 @@ def test_check_only_the_subjects_a_run_prepares(tmp_path):
     assert check_data(tmp_path / "nsd", tmp_path / "m.yaml", subjects=[1, 3]) == missing
     full = load_manifest("full")["files"]
     assert {int(e["path"].split("/subj")[1][:2]) for e in full if "/subj" in e["path"]} == set(range(1, 9))
+
+
+def test_cli_check_data_subjects_must_be_numbers(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["check-data", "--nsd-root", str(tmp_path), "--subjects", "1,x"])
+    assert exc.value.code == 2  # argparse's usage error, not a traceback
+    assert "expected comma-separated whole numbers like 1,2,5,7, got '1,x'" in capsys.readouterr().err

@@ -99,6 +99,10 @@ def _language_rows(seed, lang):
     keep = mean[mean.metric.isin(["CIDEr", "BLEU-4", "qa_color", "qa_shape", "qa_count"])]
     for r in keep[keep.value.notna()].itertuples(index=False):
         metrics.append(dict(seed=seed, source="language", method=r.method, metric=r.metric, value=float(r.value)))
+    extracted = lang[(lang.method == "concept_extraction") & (lang.subject == "all") & (lang.metric == "accuracy")]
+    if len(extracted):  # the LM naming an instruction's concept: what the concept orderings below rest on
+        metrics.append(dict(seed=seed, source="language", method="concept_extraction", metric="accuracy",
+                            value=float(extracted.value.iloc[0])))
     top1 = lang[(lang.method == "vit3d") & (lang.metric == "top1_brain2image")]
     if len(top1):
         metrics.append(dict(seed=seed, source="language", method="vit3d", metric="top1_brain2image",
@@ -205,7 +209,22 @@ def aggregate(homes, profile="demo", log=print):
             m4 = _refine_rows(seed, read_metrics(require_stage("refine", profile)))
         metrics += m + m2 + m3 + m4
         orderings += o + o2
-    return pd.DataFrame(metrics), pd.DataFrame(orderings)
+    return pd.DataFrame(metrics), _untested(pd.DataFrame(orderings), sorted(homes))
+
+
+def _untested(orderings, seeds):
+    """Every ordering measured on some seed, on every seed: where a seed gives nothing to compare (its LM extracted
+    no concept, so no map was located) the ordering is recorded as holding on none of its subjects, ``tested``
+    False, instead of dropping out of that seed's count."""
+    if orderings.empty:
+        return orderings.assign(tested=pd.Series(dtype=bool))
+    orderings = orderings.assign(tested=True)
+    extra = []
+    for (claim, metric), g in orderings.groupby(["claim", "metric"], sort=False):
+        for seed in sorted(set(seeds) - set(g.seed)):
+            extra.append(dict(seed=seed, claim=claim, metric=metric, subjects=int(g.subjects.max()), holds_on=0,
+                              tested=False))
+    return pd.concat([orderings, pd.DataFrame(extra)], ignore_index=True) if extra else orderings
 
 
 def summarise(metrics, orderings):
@@ -216,8 +235,11 @@ def summarise(metrics, orderings):
                           "n_seeds": g.count()}).reset_index()
     o = orderings.assign(all_subjects=orderings.holds_on == orderings.subjects)
     h = o.groupby(["claim", "metric"], sort=False)
+    untested = (~o.tested).groupby([o.claim, o.metric], sort=False).sum() if "tested" in o else 0
     holds = pd.DataFrame({"seeds_holding": h.all_subjects.sum().astype(int), "n_seeds": h.seed.nunique(),
-                          "subject_cases_holding": h.holds_on.sum() / h.subjects.sum()}).reset_index()
+                          "subject_cases_holding": h.holds_on.sum() / h.subjects.sum(),
+                          "seeds_untested": untested}).reset_index()
+    holds["seeds_untested"] = holds.seeds_untested.fillna(0).astype(int)
     holds["k_of_n"] = holds.seeds_holding.astype(str) + " of " + holds.n_seeds.astype(str)
     return table, holds
 
@@ -243,7 +265,8 @@ def markdown(table, holds, seeds=None):
                      f"{_fmt(r.max)} |")
     lines += ["", "| ordering | metric | holds on every subject | (seed, subject) cases |", "|---|---|---|---|"]
     for r in holds.itertuples(index=False):
-        lines.append(f"| {r.claim} | {r.metric} | {r.k_of_n} seeds | {r.subject_cases_holding:.0%} |")
+        untested = f" ({r.seeds_untested} with nothing to compare)" if getattr(r, "seeds_untested", 0) else ""
+        lines.append(f"| {r.claim} | {r.metric} | {r.k_of_n} seeds{untested} | {r.subject_cases_holding:.0%} |")
     return "\n".join(lines) + "\n"
 
 

@@ -563,8 +563,13 @@ def _run(cfg, fm, progress, log, acc):
         cases.to_csv(w.path / "concept_ablation.csv", index=False)
         save_concept_maps(w.path / "concept_maps.npz", cases, saved)
         timings["concepts"] = time.time() - t
-        (w.path / "notes.json").write_text(json.dumps({"unavailable": {
-            "SPICE": UNAVAILABLE["SPICE"], **({} if cfg.meteor else {"METEOR": UNAVAILABLE["METEOR"]})}}, indent=1))
+        notes = {"unavailable": {"SPICE": UNAVAILABLE["SPICE"],
+                                 **({} if cfg.meteor else {"METEOR": UNAVAILABLE["METEOR"]})}}
+        if not cases.drop_located.notna().any():  # recorded, and notebook 06 says so instead of checking maps
+            notes["concepts"] = (f"the LM extracted no concept from any of the {len(cases)} instructions: no concept "
+                                 "maps and no ablation (concept_extraction accuracy 0 in metrics.csv)")
+            log(f"concepts: {notes['concepts']}")
+        (w.path / "notes.json").write_text(json.dumps(notes, indent=1))
         for k, v in timings.items():
             w.add_metric("timing", "all", "all", f"seconds_{k}", v)
 

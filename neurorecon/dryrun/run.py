@@ -49,6 +49,8 @@ RECIPES = {
 }
 #: Llama-3-8B has 32 decoder layers; the dry run's LLM has fewer, so LLM FLOPs are scaled per layer.
 LLM_LAYERS_REAL = 32
+#: The subjects of the dry run's NSD tree (NV2L's four; NeuroPictor's full recipe pretrains on all eight).
+DRY_SUBJECTS = [1, 2, 5, 7]
 NOTEBOOK_STAGES = {"01": "data", "02": "foundation", "03": "encoding", "04": "pretrain", "05": "refine",
                    "06": "language", "07": "reconstruction", "08": "figures"}
 
@@ -70,7 +72,7 @@ def _stage_sections(n_test=2, sample_steps=2):
     """Every stage's dry-run settings: real model sizes (the full profile's), tiny step counts."""
     few = dict(n_eval=n_test, n_figure=n_test, num_inference_steps=sample_steps, eval_batch=n_test, ckpt_every=0)
     return dict(
-        data=dict(simulate=False, subjects=[1, 2, 5, 7], max_sessions=1),
+        data=dict(simulate=False, subjects=DRY_SUBJECTS, max_sessions=1),
         foundation=dict(n_eval=n_test, eval_seeds=1, sample_steps=sample_steps),
         encoding=dict(steps=2, batch_size=2, ckpt_every=0, eval_batch=4),
         pretrain=dict(few, steps=2, batch_size=1, eval_subjects=[1]),
@@ -184,7 +186,7 @@ def _load_code(paths_json, dtype):
 
 def _prepare_code(root, out, sessions):
     return (f"from neurorecon.data.preparation import prepare\n"
-            f"prepare({str(root)!r}, {str(out)!r}, subjects=[1, 2, 5, 7], image_size=256, progress=False,"
+            f"prepare({str(root)!r}, {str(out)!r}, subjects={DRY_SUBJECTS}, image_size=None, progress=False,"
             f" max_sessions={sessions})\n")
 
 
@@ -365,7 +367,7 @@ def run_dryrun(csv_path=None, llm_layers=2, skip_notebooks=False, start=None, sk
     from ..data.check import check_data
 
     t0 = time.time()
-    problems = check_data(root, "full")
+    problems = check_data(root, "full", subjects=DRY_SUBJECTS)  # the tree holds NV2L's four, not all eight
     extra.append(dict(step="check-data --profile full", seconds=round(time.time() - t0, 1), peak_gb=None,
                       rc=len(problems)))
     log(f"check-data --profile full: {len(problems)} problem(s) in {time.time() - t0:.1f} s" +

@@ -31,7 +31,7 @@ def test_simulate_then_prepare_from_the_command_line(tmp_path, capsys):
     assert sub.resting_flat is not None and sub.test_common.shape[0] == len(sub.test_image_ids)
     with pytest.raises(SystemExit):
         main(["prepare", "--nsd-root", "x", "--out", "y", "--subjects", "one"])
-    assert "comma-separated subject numbers" in capsys.readouterr().err
+    assert "expected comma-separated whole numbers like 1,2,5,7, got 'one'" in capsys.readouterr().err
 
 
 def test_data_stage_reuses_a_complete_stage(monkeypatch):

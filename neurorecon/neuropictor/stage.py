@@ -210,10 +210,12 @@ def train_neuropictor(model, data, fm, *, steps, batch_size, lr, weight_decay, s
                stop_after=stop_after, max_grad_norm=max_grad_norm, grad_accum=grad_accum)
 
 
-def _pairs(fm, store, subjects, repetitions, cache, acc, captions=False):
+def _pairs(fm, store, subjects, repetitions, cache, acc, batch, captions=False):
+    """The training pairs; the VAE encodes ``batch`` images at a time (the config's ``eval_batch``: at 512 px a
+    batch of 64 needs over 10 GB of activations)."""
     maps, ids = zip(*[subject_pairs(store, s, repetitions) for s in subjects])
     latent_ids = np.unique(np.concatenate(ids))
-    latents = cache_latents(fm, store, latent_ids, cache, acc)
+    latents = cache_latents(fm, store, latent_ids, cache, acc, batch_size=batch)
     caps = caption_lists(store, latent_ids) if captions else None
     return PairBatches(maps, ids, latent_ids, latents, caps)
 
@@ -290,7 +292,7 @@ def run_pretrain_stage(cfg, force=False, progress=True, foundation=None, stop_af
     encoder = load_encoder(cfg.profile)
     subjects = cfg.subjects or store.subjects
     ckpt = Path(ckpt_dir) if ckpt_dir else stage_checkpoint_dir(cfg, ("data", "foundation", "encoding"))
-    data = _pairs(fm, store, subjects, cfg.repetitions, ckpt / "cache", acc)
+    data = _pairs(fm, store, subjects, cfg.repetitions, ckpt / "cache", acc, cfg.eval_batch)
     model = build_neuropictor(fm, encoder, cfg.semantic_mid, seed=cfg.seed, cfg_mask_prob=cfg.cfg_mask_prob)
     steps, record = _steps(cfg, acc, len(data), cfg.steps, cfg.epochs)
     common = _training_kwargs(cfg, acc, progress)
@@ -389,7 +391,7 @@ def run_refine_stage(cfg, force=False, progress=True, foundation=None, stop_afte
     acc, fm, store = _setup(cfg, foundation)
     pre = require_stage("pretrain", cfg.profile)
     ckpt = Path(ckpt_dir) if ckpt_dir else stage_checkpoint_dir(cfg, ("data", "foundation", "encoding", "pretrain"))
-    data = _pairs(fm, store, [cfg.subject], cfg.repetitions, ckpt / "cache", acc, captions=True)
+    data = _pairs(fm, store, [cfg.subject], cfg.repetitions, ckpt / "cache", acc, cfg.eval_batch, captions=True)
     pipe0 = load_pipeline(fm, pre / "model", cfg.scheduler)
     common = _training_kwargs(cfg, acc, progress)
     steps, record = _steps(cfg, acc, len(data), cfg.steps, cfg.epochs)
@@ -450,7 +452,8 @@ def _refine_variant(cfg, mode, fm, store, pipe0, ckpt, acc, common):
     """Refinement (without the CFG-mask phase) of the same pretrained model on samples drawn as ``mode`` (e.g. the
     official code's ``last``: one trial per image) instead of ``cfg.repetitions``; returns (model, result, step
     record), scored as ``refined_<mode>`` beside the configured recipe."""
-    data = _pairs(fm, store, [cfg.subject], mode, ckpt / "cache", acc, captions=True)  # the same images' latents
+    data = _pairs(fm, store, [cfg.subject], mode, ckpt / "cache", acc, cfg.eval_batch,
+                  captions=True)  # the same images' latents
     steps, record = _steps(cfg, acc, len(data), cfg.steps, cfg.epochs)
     model = _to_refine(cfg, fm, pipe0)
     res = train_neuropictor(model, data, fm, steps=steps, lr=cfg.lr, ckpt_dir=ckpt / f"refined_{mode}",

@@ -57,7 +57,7 @@ def test_run_config_sections_are_valid_stage_configs(tiny, tmp_path):
         cfg = load_config(dryrun._stage_class(stage), "full", path=path)
         assert cfg.profile == "full"
     data = load_config(dryrun._stage_class("data"), "full", path=files["data"])
-    assert data.nsd_root == str(tmp_path / "nsd") and data.max_sessions == 1
+    assert data.nsd_root == str(tmp_path / "nsd") and data.max_sessions == 1 and data.max_trials == 32
 
 
 def test_clip_image_embeds_with_open_clips_own_low_precision():

@@ -118,3 +118,28 @@ def test_stores_prepared_before_the_change_are_rebuilt_not_reused():
     assert data.RECIPE >= 1 and data.digest() != digest_before(data)
     foundation = load_config(config_class("foundation"), "demo")
     assert foundation.RECIPE == 0 and foundation.digest() == digest_before(foundation)
+
+
+def test_max_trials_keeps_each_subjects_first_trials_normalised_over_whole_sessions(tmp_path, monkeypatch):
+    """``max_trials`` (the dry run's cap) keeps the first trials of the prepared sessions, with the same values
+    as the uncapped store (the z-scoring still uses each whole session); a cap with no test trial left is an
+    error naming the subject and the cap."""
+    import pytest
+
+    from neurorecon.errors import DataError
+
+    monkeypatch.setattr(rawnsd, "SHAPES", {1: (40, 44, 36), 3: (38, 46, 34)})
+    monkeypatch.setattr(rawnsd, "SESSIONS", {1: [10] * 3, 3: [10] * 3})
+    rawnsd.write_tree(tmp_path / "nsd")
+    full = load_prepared(prepare(tmp_path / "nsd", tmp_path / "full", subjects=[3], progress=False), 3)
+    capped = load_prepared(prepare(tmp_path / "nsd", tmp_path / "cap", subjects=[3], progress=False,
+                                   max_trials=17), 3)
+    n_train, n_test = capped.info["n_train_trials"], capped.info["n_test_trials"]
+    assert n_train + n_test == 17 and n_test > 0 and n_train < full.info["n_train_trials"]
+    assert np.array_equal(capped.train_image_ids, full.train_image_ids[:n_train])
+    np.testing.assert_array_equal(capped.train_betas, full.train_betas[:n_train])
+    np.testing.assert_array_equal(capped.test_trial_betas, full.test_trial_betas[:n_test])
+    assert json.loads((tmp_path / "cap" / "store.json").read_text())["max_trials"] == 17
+    with pytest.raises(DataError, match=r"subj03.*max_trials 1\b"):
+        prepare(tmp_path / "nsd", tmp_path / "none", subjects=[3], progress=False, max_trials=1)
+    assert not (tmp_path / "none").exists()

@@ -115,13 +115,20 @@ def _volume_sources(mask, common):
     return read_ijk, own_cols, int(support.sum()), resample
 
 
-def _prepare_subject(layout, design, subject, folder, common, flatmap, progress, max_sessions=None):
+def _prepare_subject(layout, design, subject, folder, common, flatmap, progress, max_sessions=None,
+                     max_trials=None):
     mask, affine, roi_path = _nsdgeneral(layout, subject)
     ijk = np.argwhere(mask)
     plan = session_plan(layout, design, subject, mask.shape, roi_path, max_sessions)
     n_total = sum(p[2] for p in plan)
     ids = design.trial_image_ids(subject, n_total)
     is_test = design.is_test(ids)
+    kept = np.arange(n_total) < (max_trials if max_trials is not None else n_total)
+    train_sel, test_sel = ~is_test & kept, is_test & kept  # z-scoring still uses each whole session
+    if not test_sel.any() or not train_sel.any():
+        raise DataError(layout.betas_dir(subject), f"training and test trials among subj{subject:02d}'s first "
+                        f"{int(kept.sum())} trials (max_trials {max_trials})",
+                        f"{int(train_sel.sum())} training and {int(test_sel.sum())} test trials; raise max_trials")
     folder.mkdir()
     np.save(folder / "voxel_ijk.npy", ijk)
 
@@ -138,7 +145,7 @@ def _prepare_subject(layout, design, subject, folder, common, flatmap, progress,
     read_ijk, own_cols, n_support, resample = _volume_sources(mask, common)
     n_common = len(common["union_ijk"])
     outs = {}
-    for split, sel in (("train", ~is_test), ("test_trial", is_test)):
+    for split, sel in (("train", train_sel), ("test_trial", test_sel)):
         n = int(sel.sum())
         outs[split] = dict(
             sel=sel,
@@ -149,7 +156,7 @@ def _prepare_subject(layout, design, subject, folder, common, flatmap, progress,
         )
         np.save(folder / f"{split}_image_ids.npy", ids[sel])
     np.save(folder / "train_sessions.npy",
-            np.concatenate([np.full(n, ses, np.int16) for ses, _, n, _ in plan])[~is_test])
+            np.concatenate([np.full(n, ses, np.int16) for ses, _, n, _ in plan])[train_sel])
 
     verts = {h: flatmap.vertices(h) for h in ("lh", "rh")} if surface else None
     bar = tqdm(plan, desc=f"subj{subject:02d} sessions", disable=not progress, leave=False)
@@ -192,12 +199,12 @@ def _prepare_subject(layout, design, subject, folder, common, flatmap, progress,
     (folder / "rois.json").write_text(json.dumps(rois))
     info = dict(subject=subject, volume_shape=list(mask.shape), affine=np.asarray(affine).tolist(),
                 n_voxels=int(len(ijk)), sessions=[p[0] for p in plan], session_files=[str(p[1]) for p in plan],
-                n_train_trials=int((~is_test).sum()), n_test_trials=int(is_test.sum()),
-                n_test_images=int(np.unique(ids[is_test]).size), flat_maps=bool(surface), n_resting=resting,
+                n_train_trials=int(train_sel.sum()), n_test_trials=int(test_sel.sum()),
+                n_test_images=int(np.unique(ids[test_sel]).size), flat_maps=bool(surface), n_resting=resting,
                 common_resampling=COMMON_RESAMPLING, common_source_voxels=n_support,
                 common_source_voxels_outside_nsdgeneral=int(len(read_ijk) - len(ijk)))
     (folder / "subject.json").write_text(json.dumps(info, indent=1))
-    return ids[~is_test], ids[is_test], info
+    return ids[train_sel], ids[test_sel], info
 
 
 def _common_grid(layout):
@@ -326,7 +333,7 @@ def _write_annotations(layout, ids, size, out):
 
 
 def prepare(nsd_root, out, subjects=None, coco_root=None, flatmap=None, image_size=None, progress=True,
-            max_sessions=None):
+            max_sessions=None, max_trials=None):
     """Prepare raw NSD (or NSD-mini) into the store every later stage reads.
 
     Parameters
@@ -348,6 +355,9 @@ def prepare(nsd_root, out, subjects=None, coco_root=None, flatmap=None, image_si
     max_sessions : int, optional
         Prepare only each subject's first ``max_sessions`` sessions (a quick first pass over real NSD, or the dry
         run's tree whose later sessions hold no data); default every session present.
+    max_trials : int, optional
+        Keep only each subject's first ``max_trials`` trials of those sessions (the dry run's simulated ones);
+        the z-scoring still uses each whole session. Default every trial.
 
     Returns
     -------
@@ -377,7 +387,7 @@ def prepare(nsd_root, out, subjects=None, coco_root=None, flatmap=None, image_si
         train_ids, test_ids, infos = [], [], {}
         for s in tqdm(subjects, desc="subjects", disable=not progress):
             tr, te, info = _prepare_subject(layout, design, s, tmp / f"subj{s:02d}", common, fm, progress,
-                                            max_sessions)
+                                            max_sessions, max_trials)
             train_ids.append(tr)
             test_ids.append(te)
             infos[s] = info
@@ -393,6 +403,7 @@ def prepare(nsd_root, out, subjects=None, coco_root=None, flatmap=None, image_si
         meta = dict(format_version=FORMAT_VERSION, subjects=subjects, nsd_root=str(layout.root),
                     coco_root=str(layout.coco_root), coco_annotations=True, flatmap=str(fm_path) if fm_path else None,
                     flat_shape=list(fm.shape) if fm else None, image_size=size, max_sessions=max_sessions,
+                    max_trials=max_trials,
                     n_images=int(len(ids)),
                     n_test_images=int(len(all_test)), common_shape=list(common["shape"]),
                     n_common_voxels=int(len(common["union_ijk"])), seconds=round(time.time() - t0, 2),

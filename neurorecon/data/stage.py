@@ -47,6 +47,7 @@ class DataConfig(StageConfig):
     layout: str = "nsd"
     trust_pickle: bool = False
     max_sessions: Optional[int] = None
+    max_trials: Optional[int] = None
 
 
 def resolve_nsd_root(cfg):
@@ -120,9 +121,10 @@ def run_data_stage(cfg, force=False, progress=True):
         return store_path(cfg.profile)
     if cfg.layout == "neuropictor":
         return _run_neuropictor_layout(cfg, progress)
-    if cfg.max_sessions is not None and cfg.max_sessions < 1:
-        raise ConfigError(f"data config (profile {cfg.profile}): max_sessions must be null or >= 1, "
-                          f"found {cfg.max_sessions}")
+    for key in ("max_sessions", "max_trials"):
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
+            raise ConfigError(f"data config (profile {cfg.profile}): {key} must be null or >= 1, "
+                              f"found {getattr(cfg, key)}")
     root = resolve_nsd_root(cfg)
     if cfg.simulate and not cfg.nsd_root:
         _ensure_simulated(cfg, root, progress)
@@ -134,7 +136,7 @@ def run_data_stage(cfg, force=False, progress=True):
     with StageWriter(cfg) as w:
         store = prepare(root, w.path / "store", subjects=cfg.subjects, coco_root=cfg.coco_root,
                         flatmap=cfg.flatmap, image_size=cfg.image_size, progress=progress,
-                        max_sessions=cfg.max_sessions)
+                        max_sessions=cfg.max_sessions, max_trials=cfg.max_trials)
         w.add_metric("prepare", "all", "all", "seconds", time.time() - t0)
         st = open_store(store)
         w.add_metric("prepare", "all", "all", "n_images", st.meta["n_images"])

@@ -72,7 +72,9 @@ def _stage_sections(n_test=2, sample_steps=2):
     """Every stage's dry-run settings: real model sizes (the full profile's), tiny step counts."""
     few = dict(n_eval=n_test, n_figure=n_test, num_inference_steps=sample_steps, eval_batch=n_test, ckpt_every=0)
     return dict(
-        data=dict(simulate=False, subjects=DRY_SUBJECTS, max_sessions=1),
+        # session 1 only, and of it the first 32 trials per subject (2 test trials each): the rest of the 750 would
+        # cost notebook 04 hours of VAE encoding on a CPU (4.5-9 s per 512-px image)
+        data=dict(simulate=False, subjects=DRY_SUBJECTS, max_sessions=1, max_trials=32),
         foundation=dict(n_eval=n_test, eval_seeds=1, sample_steps=sample_steps),
         encoding=dict(steps=2, batch_size=2, ckpt_every=0, eval_batch=4),
         pretrain=dict(few, steps=2, batch_size=1, eval_subjects=[1]),

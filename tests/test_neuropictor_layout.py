@@ -156,3 +156,21 @@ def test_parallel_branch_initialisations():
     assert torch.equal(again.residual_head.proj.weight, r.residual_head.proj.weight)
     with pytest.raises(ValueError, match="copy' or 'random"):
         cond.with_residual("zeros")
+
+
+def test_trial_caps_are_refused_where_they_would_be_ignored(tmp_path):
+    """max_sessions / max_trials cap raw NSD's preparation; with the released arrays (layout neuropictor) they would
+    do nothing, so the data stage says so instead of ignoring them; below 1 they are refused for either layout."""
+    import pytest
+
+    from neurorecon.config import load_config
+    from neurorecon.data.stage import DataConfig, run_data_stage
+    from neurorecon.errors import ConfigError
+
+    for key in ("max_sessions", "max_trials"):
+        cfg = load_config(DataConfig, "smoke", overrides=dict(layout="neuropictor", nsd_root=str(tmp_path), **{key: 5}))
+        with pytest.raises(ConfigError, match=f"{key} must be null with layout neuropictor.*found 5"):
+            run_data_stage(cfg, force=True, progress=False)
+        cfg = load_config(DataConfig, "smoke", overrides={key: 0})
+        with pytest.raises(ConfigError, match=f"{key} must be null or >= 1, found 0"):
+            run_data_stage(cfg, force=True, progress=False)

@@ -119,12 +119,14 @@ def run_data_stage(cfg, force=False, progress=True):
                           f"{cfg.layout!r}")
     if not force and is_complete(cfg.STAGE, cfg.profile, cfg.digest()):
         return store_path(cfg.profile)
+    for key in ("max_sessions", "max_trials"):
+        value = getattr(cfg, key)
+        if value is not None and (value < 1 or cfg.layout == "neuropictor"):
+            raise ConfigError(f"data config (profile {cfg.profile}): {key} must be null" +
+                              (" with layout neuropictor (its released arrays are used whole)"
+                               if cfg.layout == "neuropictor" else " or >= 1") + f", found {value}")
     if cfg.layout == "neuropictor":
         return _run_neuropictor_layout(cfg, progress)
-    for key in ("max_sessions", "max_trials"):
-        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
-            raise ConfigError(f"data config (profile {cfg.profile}): {key} must be null or >= 1, "
-                              f"found {getattr(cfg, key)}")
     root = resolve_nsd_root(cfg)
     if cfg.simulate and not cfg.nsd_root:
         _ensure_simulated(cfg, root, progress)

@@ -452,8 +452,8 @@ def _refine_variant(cfg, mode, fm, store, pipe0, ckpt, acc, common):
     """Refinement (without the CFG-mask phase) of the same pretrained model on samples drawn as ``mode`` (e.g. the
     official code's ``last``: one trial per image) instead of ``cfg.repetitions``; returns (model, result, step
     record), scored as ``refined_<mode>`` beside the configured recipe."""
-    data = _pairs(fm, store, [cfg.subject], mode, ckpt / "cache", acc, cfg.eval_batch,
-                  captions=True)  # the same images' latents
+    # the same images' latents as the configured recipe
+    data = _pairs(fm, store, [cfg.subject], mode, ckpt / "cache", acc, cfg.eval_batch, captions=True)
     steps, record = _steps(cfg, acc, len(data), cfg.steps, cfg.epochs)
     model = _to_refine(cfg, fm, pipe0)
     res = train_neuropictor(model, data, fm, steps=steps, lr=cfg.lr, ckpt_dir=ckpt / f"refined_{mode}",

@@ -34,7 +34,8 @@ def plot_stimuli(store, ids, ncols=4):
 
 
 def plot_flatmaps(subject_data, store, n=4):
-    """Test images beside the subject's repetition-averaged flat maps."""
+    """Test images beside the subject's repetition-averaged flat maps (``n`` of them, or fewer if fewer are held out)."""
+    n = min(n, len(subject_data.test_image_ids))
     ids = subject_data.test_image_ids[:n]
     flats = np.asarray(subject_data.test_flat[:n], dtype=np.float32)
     fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 5.2), squeeze=False)

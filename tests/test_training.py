@@ -40,6 +40,38 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
     assert _same(full, fresh)
 
 
+def test_a_second_phase_on_the_same_accelerator_holds_only_its_own_model_and_optimizer(tmp_path):
+    import gc
+    import weakref
+
+    from neurorecon.training import fit, make_accelerator
+
+    acc = make_accelerator()
+    opts = []
+    real_adamw = torch.optim.AdamW
+
+    def tracked(*args, **kwargs):
+        opt = real_adamw(*args, **kwargs)
+        opts.append(weakref.ref(opt))
+        return opt
+
+    first, second = train_worker.Toy(0.1), train_worker.Toy(0.1)
+    loss = lambda m, b, g: m(b["x"], b["y"], g)  # noqa: E731
+    torch.optim.AdamW = tracked
+    try:
+        fit(first, loss, train_worker.toy_data(), steps=3, batch_size=4, lr=1e-2, accelerator=acc, progress=False)
+        gc.collect()
+        assert opts[0]() is None  # the first phase's AdamW moments are gone once it returns
+        fit(second, loss, train_worker.toy_data(), steps=2, batch_size=4, lr=1e-2, accelerator=acc, progress=False,
+            ckpt_dir=tmp_path / "second")
+    finally:
+        torch.optim.AdamW = real_adamw
+    saved = sorted(p.name for p in (tmp_path / "second" / "latest").iterdir() if "optimizer" in p.name
+                   or p.name.startswith("model"))
+    assert len([n for n in saved if "optimizer" in n]) == 1, saved  # the second phase's checkpoint: its own only
+    assert len([n for n in saved if n.startswith("model")]) == 1, saved
+
+
 def test_steps_follow_epochs_processes_and_accumulation():
     # the paper's pretraining: 80 epochs of ~67k pairs at 6 GPUs x 16 (not 336,000 steps, which is ~480 epochs)
     assert steps_for(80, 67000, 16, 6) == 55834

@@ -78,3 +78,33 @@ def test_clip_image_embeds_with_open_clips_own_low_precision():
     assert torch.isfinite(clip_image_embeds(model, torch.rand(2, 3, 32, 32))).all()
     tokens = clip_text_tokens(model, open_clip.tokenizer.SimpleTokenizer(context_length=77), ["a cat", "a dog"])
     assert tokens.shape == (2, 77, 32) and torch.isfinite(tokens.float()).all()
+
+
+def test_data_loading_probes_run_every_stages_loader(smoke_data_home, home_set_to):
+    import subprocess
+    import sys
+
+    from neurorecon.data.stage import store_path
+    from neurorecon.dryrun.loading import LOADERS, loading_code, parse_loading
+
+    with home_set_to(smoke_data_home):
+        folder = store_path("smoke")
+    for stage in LOADERS:
+        proc = subprocess.run([sys.executable, "-c", loading_code(folder, stage)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        rec = parse_loading(proc.stdout.splitlines())
+        assert rec["trials"] > 0 and rec["peak_gb"] >= 0 and rec["held_gb"] > -0.05, (stage, rec)
+
+
+def test_setup_steps_rerun_a_kept_preparation_only_when_its_store_is_gone(tmp_path):
+    steps = dryrun._setup_steps(tmp_path, tmp_path / "nsd")
+    labels = [label for label, *_ in steps]
+    assert len(labels) == 1 + 2 * (1 + 4) and sum(label.startswith("load data") for label in labels) == 8
+    prepared = {label for label in labels if not label.startswith("load data")}
+    run = [s[0] for s in dryrun._steps_to_run(steps, prepared)]
+    assert run == labels[1:]  # the stores are not on disk: both preparations rerun, the foundation load does not
+    (tmp_path / "prepare-1").mkdir()
+    (tmp_path / "prepare-1" / "store.json").write_text("{}")
+    run = [s[0] for s in dryrun._steps_to_run(steps, prepared)]
+    assert "prepare 1 session(s) x 4 subjects" not in run and "prepare 2 session(s) x 4 subjects" in run
+    assert dryrun._steps_to_run(steps, set(labels)) == []

@@ -81,6 +81,8 @@ def test_mixup_partners_are_other_repetitions_of_the_same_image_and_subject():
                     2: _Sub(rng.normal(size=(3, 4)), np.array([5, 5, 9]))})
     t = training_trials(store, [1, 2])
     assert len(t) == 10 and t.voxels.dtype == np.float16
+    np.testing.assert_array_equal(t.voxels, np.concatenate([store.subs[1].train_common,
+                                                            store.subs[2].train_common]).astype(np.float16))
     for i in range(len(t)):
         part = t.partners[i, : t.n_partners[i]]
         same = [j for j in range(len(t)) if j != i and t.subjects[j] == t.subjects[i]
@@ -154,3 +156,19 @@ def test_trialset_reports_missing_images():
                  np.ones(2, np.int64))
     with pytest.raises(ValueError, match="no training trial"):
         t.trials_of(np.array([3]))
+
+
+def test_training_trials_hold_the_trials_once(tmp_path):
+    import tracemalloc
+
+    subs = {}
+    for s, n in ((1, 300), (2, 257)):
+        x = np.lib.format.open_memmap(tmp_path / f"s{s}.npy", "w+", np.float16, (n, 2000))
+        x[:] = s
+        subs[s] = _Sub(x, np.arange(n) % 97)
+    tracemalloc.start()
+    t = training_trials(_Store(subs), [1, 2])
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1.3 * t.voxels.nbytes, (peak, t.voxels.nbytes)  # per-subject copies + concatenate: 2x
+    assert t.voxels[:300].min() == 1 and t.voxels[300:].max() == 2

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from neurorecon.data import load_prepared, open_store, prepare
+from neurorecon.data.store import average_by_image
 
 from rawnsd import SESSIONS, write_tree
 
@@ -112,3 +113,43 @@ def test_contract_on_nsdmini_both_formats(tmp_path):
             np.testing.assert_allclose(got.train_betas, exp["train"], atol=1e-4)
             np.testing.assert_allclose(got.test_betas, exp["test"], atol=1e-4)
         np.testing.assert_array_equal(load_prepared(a, s).train_flat, load_prepared(b, s).train_flat)
+
+
+def _average_whole(values, image_ids):
+    """The per-image mean the straightforward way: every row to float64 at once."""
+    ids, inverse, counts = np.unique(image_ids, return_inverse=True, return_counts=True)
+    out = np.zeros((len(ids),) + values.shape[1:], dtype=np.float64)
+    np.add.at(out, inverse.reshape(-1), np.asarray(values, dtype=np.float64))
+    out /= counts.reshape((-1,) + (1,) * (values.ndim - 1))
+    return ids, out.astype(np.float32)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 3 * 8 * 17 * 13 * 5, 2 ** 27])
+def test_average_by_image_in_blocks_equals_the_whole_average(tmp_path, chunk_bytes):
+    rng = np.random.default_rng(7)
+    ids = rng.choice(np.arange(100, 160, 3), size=203)  # 20 images, odd and uneven repetition counts
+    values = np.lib.format.open_memmap(tmp_path / "v.npy", "w+", np.float16, (203, 17, 13))
+    values[:] = rng.standard_normal((203, 17, 13))
+    want_ids, want = _average_whole(values, ids)
+    got_ids, got = average_by_image(values, ids, chunk_bytes=chunk_bytes)
+    np.testing.assert_array_equal(got_ids, want_ids)
+    np.testing.assert_array_equal(got, want)  # the same float64 sums, in the same order
+    _, half = average_by_image(values, ids, dtype=np.float16, chunk_bytes=chunk_bytes)
+    assert half.dtype == np.float16
+    np.testing.assert_array_equal(half, want.astype(np.float16))
+
+
+def test_average_by_image_memory_stays_at_the_output_plus_a_block(tmp_path):
+    import tracemalloc
+
+    n, shape = 600, (64, 64)
+    values = np.lib.format.open_memmap(tmp_path / "v.npy", "w+", np.float16, (n, *shape))
+    values[:] = 1.0
+    ids = np.repeat(np.arange(n // 3), 3)
+    out_bytes = (n // 3) * 64 * 64 * 2  # float16 means
+    tracemalloc.start()
+    average_by_image(values, ids, dtype=np.float16, chunk_bytes=2 ** 20)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    whole = n * 64 * 64 * 8  # the float64 copy of every row that a one-shot average makes (19.7 MB)
+    assert peak < out_bytes + 4 * 2 ** 20 < whole / 3, (peak, out_bytes, whole)

@@ -4,7 +4,8 @@
    (:mod:`neurorecon.dryrun.nsd`) under ``$NEURORECON_HOME/dryrun/``;
 2. one run-config YAML (``dryrun/dryrun.yaml``: ``shared`` paths, device cpu, dtype bfloat16; every stage with
    1-2 training steps, 2 test images, 2 sampling steps);
-3. loading the foundation at real size, preparing the tree (1 and 2 sessions: how memory grows with trials);
+3. loading the foundation at real size, preparing the tree (1 and 2 sessions: how memory grows with trials) and
+   each stage's data loading on both stores (:mod:`neurorecon.dryrun.loading`);
 4. notebooks 01-08 in the full profile through the runner (``neurorecon.runner.reproduce``), each training step
    measured by :mod:`neurorecon.dryrun.probe`.
 
@@ -28,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from .. import paths
+from .loading import LOADERS, loading_code, parse_loading
 
 __all__ = ["run_dryrun", "write_run_config", "matmul_tflops", "RECIPES", "SUSTAINED_TFLOPS", "main"]
 
@@ -192,6 +194,27 @@ def _prepare_code(root, out, sessions):
             f" max_sessions={sessions})\n")
 
 
+def _setup_steps(dry, root):
+    """(label, code, store folder it needs or writes) of the loading / preparation / data-loading measurements:
+    the foundation loaded once, the tree prepared with 1 and 2 sessions (750 and 1,500 trials per subject), and
+    each stage's data loading on both stores (how it grows when the trials double)."""
+    steps = [("load foundation (bf16)", _load_code(dry / "paths.json", "bfloat16"), None)]
+    for n in (1, 2):
+        folder = dry / f"prepare-{n}"
+        steps.append((f"prepare {n} session(s) x 4 subjects", _prepare_code(root, folder, n), folder))
+        steps += [(f"load data: {stage}, {n} session(s) x 4 subjects ({LOADERS[stage][0]})",
+                   loading_code(folder, stage), folder) for stage in LOADERS]
+    return steps
+
+
+def _steps_to_run(steps, kept):
+    """The steps whose measurement is not ``kept``, plus a kept preparation whose store a data-loading step to
+    run needs and that is no longer on disk."""
+    need = {folder for label, _, folder in steps if label not in kept and label.startswith("load data")}
+    return [s for s in steps if s[0] not in kept or
+            (s[0].startswith("prepare") and s[2] in need and not (s[2] / "store.json").is_file())]
+
+
 def _run_notebooks(run_yaml, files, sampler, probe_dir, log, start=None):
     """Notebooks 01-08, full profile, through the runner; returns {notebook prefix: (status, seconds)}."""
     from .. import runner
@@ -322,6 +345,9 @@ COLUMNS = ["stage", "notebook", "status", "wall_s", "peak_gb", "loop", "steps", 
            "tflop_per_step_8b", "recipe_samples", "gpu_hours", "recipe"]
 
 
+SETUP_COLUMNS = ["step", "seconds", "peak_gb", "rc", "note"]
+
+
 def _table(rows, columns):
     cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
     widths = [max(len(c), *(len(x[i]) for x in cells)) if cells else len(c) for i, c in enumerate(columns)]
@@ -376,18 +402,23 @@ def run_dryrun(csv_path=None, llm_layers=2, skip_notebooks=False, start=None, sk
         "".join(f"\n  {p}" for p in problems[:10]))
     csv_path = Path(csv_path or (paths.repo_root() or Path.cwd()) / "benchmarks" / "dryrun.csv")
     setup_csv = csv_path.with_name("dryrun_setup.csv")
-    steps = [("load foundation (bf16)", _load_code(dry / "paths.json", "bfloat16"))]
-    steps += [(f"prepare {n} session(s) x 4 subjects", _prepare_code(root, dry / f"prepare-{n}", n)) for n in (1, 2)]
+    steps = _setup_steps(dry, root)
     if skip_setup and setup_csv.is_file():
         with open(setup_csv) as fh:
-            old = [r for r in csv.DictReader(fh) if r["step"] in {label for label, _ in steps}]
+            old = [r for r in csv.DictReader(fh) if r["step"] in {label for label, *_ in steps}]
         extra += old
-        steps = [s for s in steps if s[0] not in {r["step"] for r in old}]
+        steps = _steps_to_run(steps, {r["step"] for r in old})
         log(f"loading/preparation: kept {len(old)} measurement(s) from {setup_csv}")
-    for label, code in steps:
+    for label, code, _ in steps:
         sec, peak, rc, tail = _child(code, sampler, label)
-        extra.append(dict(step=label, seconds=round(sec, 1), peak_gb=round(peak, 2), rc=rc))
-        log(f"{label}: {sec:.0f} s, peak {peak:.1f} GB, rc {rc}" + ("" if rc == 0 else "\n  " + "\n  ".join(tail)))
+        row = dict(step=label, seconds=round(sec, 1), peak_gb=round(peak, 2), rc=rc)
+        rec = parse_loading(tail) if label.startswith("load data") and rc == 0 else None
+        if rec:  # the loader's own peak above the opened store, not the whole process's
+            row.update(peak_gb=rec["peak_gb"], note=f"{rec['trials']} trials/subject; private memory held after "
+                                                    f"loading {rec['held_gb']:.2f} GB")
+        extra.append(row)
+        log(f"{label}: {sec:.0f} s, peak {row['peak_gb']} GB, rc {rc}" + (f" ({row['note']})" if rec else "") +
+            ("" if rc == 0 else "\n  " + "\n  ".join(tail)))
     status, rc = ({}, None) if skip_notebooks else _run_notebooks(run_yaml, files, sampler, probe_dir, log, start)
     sampler.stop()
     rows = _rows(status, sampler.peaks, probe_dir, tflops, llm_layers)
@@ -399,10 +430,10 @@ def run_dryrun(csv_path=None, llm_layers=2, skip_notebooks=False, start=None, sk
         w.writeheader()
         w.writerows(rows)
     with open(setup_csv, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["step", "seconds", "peak_gb", "rc"])
+        w = csv.DictWriter(fh, fieldnames=SETUP_COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows(extra)
-    log("\n" + _table(extra, ["step", "seconds", "peak_gb", "rc"]))
+    log("\n" + _table(extra, SETUP_COLUMNS))
     log("\n" + _table(rows, COLUMNS[:-1]))
     log(f"\nGPU-hours at {SUSTAINED_TFLOPS:.0f} TFLOP/s sustained ({GPU}); matmul here: fp32 "
         f"{tflops['float32']:.3f}, bf16 {tflops['bfloat16']:.3f} TFLOP/s. Written: {csv_path}")

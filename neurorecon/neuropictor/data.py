@@ -34,8 +34,8 @@ def subject_pairs(store, subject, repetitions="average"):
     if sub.train_flat is None:
         raise DataError(sub.folder / "train_flat.npy", "training flat maps (NeuroPictor's input)", "no such file")
     if repetitions == "average":
-        ids, maps = average_by_image(np.asarray(sub.train_flat), sub.train_image_ids)
-        return maps.astype(np.float16), ids
+        ids, maps = average_by_image(sub.train_flat, sub.train_image_ids, dtype=np.float16)  # block by block
+        return maps, ids
     if repetitions == "trials":
         return sub.train_flat, np.asarray(sub.train_image_ids)
     if repetitions == "last":

@@ -56,16 +56,23 @@ class TrialSet:
 
 def training_trials(store, subjects):
     """Every training trial of ``subjects`` (``train_common``), with MixUp partners."""
-    xs, ids, subs = [], [], []
+    arrays, ids, subs = [], [], []
     for s in subjects:
         sub = store.subject(s)
         if sub.train_common is None:
             raise DataError(sub.folder / "train_common.npy", "volumes on subject 1's grid (NV2L input)",
                             "no such file; re-run notebook 01 with volume data")
-        xs.append(np.asarray(sub.train_common, dtype=np.float16))
+        arrays.append(sub.train_common)  # memory-mapped until copied into place below
         ids.append(np.asarray(sub.train_image_ids, dtype=np.int64))
         subs.append(np.full(len(ids[-1]), int(s), dtype=np.int64))
-    voxels, image_ids, subjects_ = np.concatenate(xs), np.concatenate(ids), np.concatenate(subs)
+    # one float16 array filled subject by subject: a list of per-subject copies joined by np.concatenate held
+    # every trial twice (about 10 GB per process for NV2L's four real-NSD subjects)
+    voxels = np.empty((sum(len(a) for a in arrays), arrays[0].shape[1]), dtype=np.float16)
+    start = 0
+    for a in arrays:
+        voxels[start:start + len(a)] = a
+        start += len(a)
+    image_ids, subjects_ = np.concatenate(ids), np.concatenate(subs)
     key = subjects_ * (10 ** 9) + image_ids
     order = np.argsort(key, kind="stable")
     uniq, start, counts = np.unique(key[order], return_index=True, return_counts=True)

@@ -376,16 +376,24 @@ def run_dryrun(csv_path=None, llm_layers=2, skip_notebooks=False, start=None, sk
     tflops = {d: matmul_tflops(d) for d in ("float32", "bfloat16")}
     log(f"matmul on this machine ({torch.get_num_threads()} threads): fp32 {tflops['float32']:.3f}, "
         f"bf16 {tflops['bfloat16']:.3f} TFLOP/s")
+    setup_csv = Path(csv_path or (paths.repo_root() or Path.cwd()) / "benchmarks" / "dryrun.csv").with_name(
+        "dryrun_setup.csv")
+    old_rows = []
+    if skip_setup and setup_csv.is_file():
+        with open(setup_csv) as fh:
+            old_rows = list(csv.DictReader(fh))
     for label, code in (
             ("weights", f"from neurorecon.dryrun.weights import write_weights\n"
                         f"write_weights({str(dry / 'weights')!r}, size='real', llm_layers={llm_layers})"),
             ("nsd tree", f"from neurorecon.dryrun.nsd import write_nsd_tree\n"
                          f"write_nsd_tree({str(dry / 'nsd')!r})")):
         sec, peak, rc, tail = _child(code, sampler, label)
-        extra.append(dict(step=label, seconds=round(sec, 1), peak_gb=round(peak, 2), rc=rc))
         log(f"{label}: {sec:.0f} s, peak {peak:.1f} GB, rc {rc}")
         if rc:
             raise RuntimeError(f"dry run: writing the {label} failed:\n" + "\n".join(tail))
+        first = [r for r in old_rows if r["step"].startswith(label)]
+        extra += first or [dict(step=label, seconds=round(sec, 1), peak_gb=round(peak, 2), rc=rc)]  # kept: the
+        # first write's figures (this run found the files written with the same settings and reused them)
     record = write_weights(dry / "weights", size="real", llm_layers=llm_layers, log=lambda *_: None)
     root = write_nsd_tree(dry / "nsd")
     (dry / "paths.json").write_text(json.dumps(record["paths"], indent=1))
@@ -400,12 +408,10 @@ def run_dryrun(csv_path=None, llm_layers=2, skip_notebooks=False, start=None, sk
                       rc=len(problems)))
     log(f"check-data --profile full: {len(problems)} problem(s) in {time.time() - t0:.1f} s" +
         "".join(f"\n  {p}" for p in problems[:10]))
-    csv_path = Path(csv_path or (paths.repo_root() or Path.cwd()) / "benchmarks" / "dryrun.csv")
-    setup_csv = csv_path.with_name("dryrun_setup.csv")
+    csv_path = setup_csv.with_name("dryrun.csv") if csv_path is None else Path(csv_path)
     steps = _setup_steps(dry, root)
     if skip_setup and setup_csv.is_file():
-        with open(setup_csv) as fh:
-            old = [r for r in csv.DictReader(fh) if r["step"] in {label for label, *_ in steps}]
+        old = [r for r in old_rows if r["step"] in {label for label, *_ in steps}]
         extra += old
         steps = _steps_to_run(steps, {r["step"] for r in old})
         log(f"loading/preparation: kept {len(old)} measurement(s) from {setup_csv}")
@@ -425,16 +431,18 @@ def run_dryrun(csv_path=None, llm_layers=2, skip_notebooks=False, start=None, sk
     extra.append(dict(step="total", seconds=round(time.time() - t_all, 1),
                       peak_gb=round(max(sampler.peaks.values() or [0.0]), 2), rc=rc))
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(csv_path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+    if not skip_notebooks:  # a set-up-only run leaves the last chain's table alone
+        with open(csv_path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
     with open(setup_csv, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=SETUP_COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows(extra)
     log("\n" + _table(extra, SETUP_COLUMNS))
-    log("\n" + _table(rows, COLUMNS[:-1]))
+    if not skip_notebooks:
+        log("\n" + _table(rows, COLUMNS[:-1]))
     log(f"\nGPU-hours at {SUSTAINED_TFLOPS:.0f} TFLOP/s sustained ({GPU}); matmul here: fp32 "
         f"{tflops['float32']:.3f}, bf16 {tflops['bfloat16']:.3f} TFLOP/s. Written: {csv_path}")
     return rows, extra
@@ -451,4 +459,6 @@ def main(argv=None):
     ap.add_argument("--skip-setup", action="store_true", help="keep the last run's loading/preparation figures")
     args = ap.parse_args(argv)
     rows, extra = run_dryrun(args.csv, args.llm_layers, args.skip_notebooks, args.start, args.skip_setup)
+    if args.skip_notebooks:
+        return 0 if all(str(r.get("rc")) in ("0", "0.0") for r in extra if r["step"] != "total") else 1
     return 0 if all(r["status"] == "done" for r in rows if r["status"] != "skip") else 1

@@ -21,6 +21,11 @@ def test_notebook_committed_clean(nb):
     params = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(params) == 1, "exactly one cell tagged 'parameters'"
     assert 'os.environ.get("NEURORECON_PROFILE", "demo")' in "".join(params[0]["source"])
+    from papermill.translators import PythonTranslator  # what papermill --help-notebook and -p see
+
+    source = "".join(params[0]["source"])
+    seen = {p.name for p in PythonTranslator.inspect({"source": source})}
+    assert set(re.findall(r"^(\w+)\s*=", source, re.M)) <= seen, "papermill cannot parse a parameter line"
     for c in code:  # notebooks stay thin: logic lives in the package
         src = "".join(c["source"])
         assert not re.search(r"^\s*(class|def) ", src, re.M) and len(src.splitlines()) <= 25

@@ -369,6 +369,8 @@ def run_dryrun(csv_path=None, llm_layers=2, skip_notebooks=False, start=None, sk
     dry.mkdir(parents=True, exist_ok=True)
     probe_dir = dry / "probe"
     probe_dir.mkdir(exist_ok=True)
+    # the notebooks' figures (random weights, 2 test images) go beside the run, not into the checkout's figures/
+    os.environ.setdefault("NEURORECON_FIGURES", str(dry / "figures"))
     sampler = PeakSampler()
     sampler.start()
     extra = []

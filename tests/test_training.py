@@ -305,7 +305,7 @@ def test_two_cpu_processes_end_identical(tmp_path):
     2 processes × batch 2 × 2 micro-batches end identical, equal to one process accumulating 4 micro-batches of
     2; one checkpoint folder holding both ranks' RNG state and no pid-named leftovers; sharded work gathered in
     the single-process order (latents cached by both ranks, NeuroPictor's validation images, the encoding stage's
-    test reconstructions)."""
+    test reconstructions, NV2L's ViT3D targets)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(ACCELERATE_CONFIGS / "ddp_8gpu.yaml"), "--num_processes", "2", str(HERE / "train_worker.py"),
@@ -330,6 +330,9 @@ def test_two_cpu_processes_end_identical(tmp_path):
     images = train_worker.sampled_images()  # one process samples all 5 (3 + 2 when shared)
     assert got["images"].shape == images.shape == (5, 3, 32, 32)
     assert torch.allclose(got["images"], images, atol=1e-5)
+    targets = train_worker.nv2l_targets()  # one process encodes all 7 (4 + 3 when shared)
+    assert got["targets"]["clip"].shape == (7, 2) and got["targets"]["latent"].shape == (7, 1, 4, 4)
+    assert all(torch.equal(got["targets"][k], targets[k]) for k in ("ids", "clip", "latent"))
     recon = train_worker.autoencoder_reconstructions()
     assert recon.shape == got["autoencoder"].shape == (5, 16, 16)
     assert torch.allclose(got["autoencoder"], recon, atol=1e-6)

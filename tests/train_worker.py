@@ -61,6 +61,26 @@ def latent_cache_check(out, rank):
     return torch.from_numpy(np.array(lat))
 
 
+def nv2l_targets(accelerator=None):
+    """NV2L's ViT3D targets (CLIP embedding, VAE latent) of 7 images with stand-in encoders, shared by the ranks."""
+    from neurorecon.nv2l.encoder import compute_targets
+
+    class Store:
+        def get_images(self, ids):
+            return np.stack([np.full((4, 4, 3), int(i), dtype=np.uint8) for i in ids])
+
+    class Foundation:
+        def image_embeds(self, images, normalize=True):
+            x = torch.as_tensor(np.asarray(images), dtype=torch.float32)
+            return torch.stack([x.mean((1, 2, 3)), x.amax((1, 2, 3)) * 2], 1)
+
+        def encode_images(self, images):
+            return torch.as_tensor(np.asarray(images), dtype=torch.float32).permute(0, 3, 1, 2)[:, :1] * 0.5
+
+    out = compute_targets(Foundation(), Store(), np.arange(11, 18), batch_size=2, accelerator=accelerator)
+    return {k: torch.from_numpy(np.asarray(v)) for k, v in out.items()}
+
+
 def sampled_images(accelerator=None):
     """NeuroPictor's validation sampling (tiny random foundation and model) of 5 maps, shared by the ranks."""
     from neurorecon.encoding import FMRIEncoder
@@ -107,6 +127,7 @@ if __name__ == "__main__":
         gathered[f"n{n}"] = gather(x, acc)
     gathered["latents"] = latent_cache_check(out, rank)
     gathered["images"] = sampled_images(acc)
+    gathered["targets"] = nv2l_targets(acc)
     gathered["autoencoder"] = autoencoder_reconstructions(acc)
     if rank == 0:
         torch.save(gathered, out / "gathered.pt")

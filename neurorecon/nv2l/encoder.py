@@ -93,22 +93,30 @@ def training_trials(store, subjects):
 
 
 @torch.no_grad()
-def compute_targets(fm, store, image_ids, batch_size=64):
+def compute_targets(fm, store, image_ids, batch_size=64, accelerator=None):
     """Raw (unnormalised) projected CLIP image embeddings and VAE latents of store images (NV2L's targets; the
     raw embedding is what Stable unCLIP is conditioned on).
+
+    ``batch_size`` images go through the CLIP and the VAE at a time (the VAE at 512 px needs about 0.3 GB of
+    activations per image). With several processes each rank encodes its :func:`~neurorecon.distributed.shard`
+    of the images and every rank receives all of them, in order (what one process computes).
 
     Returns
     -------
     dict
         ``ids`` (n,), ``clip`` (n, E) float32, ``latent`` (n, C, h, w) float32.
     """
+    from ..distributed import gather, shard
+
     clips, lats = [], []
     image_ids = np.asarray(image_ids)
-    for a in range(0, len(image_ids), batch_size):
-        images = store.get_images(image_ids[a:a + batch_size])
+    mine = image_ids[shard(len(image_ids), accelerator)]
+    for a in range(0, len(mine), batch_size):
+        images = store.get_images(mine[a:a + batch_size])
         clips.append(fm.image_embeds(images, normalize=False).float().cpu())
         lats.append(fm.encode_images(images).float().cpu())
-    return {"ids": image_ids, "clip": torch.cat(clips).numpy(), "latent": torch.cat(lats).numpy()}
+    clip, lat = ((torch.cat(x) if x else torch.zeros((0,))) for x in (clips, lats))
+    return {"ids": image_ids, "clip": gather(clip, accelerator).numpy(), "latent": gather(lat, accelerator).numpy()}
 
 
 def _target_rows(targets, image_ids):

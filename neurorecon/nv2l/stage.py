@@ -70,7 +70,8 @@ class LanguageConfig(StageConfig):
     NOT_TRAINING = ("eval_subjects", "caption_instruction", "caption_tokens", "qa_tokens", "meteor",
                     "caption_tokenizer", "concept_prompt", "concept_cam", "concept_contrast",
                     "concept_extraction_prompt", "concept_extraction_tokens", "concept_fraction",
-                    "concept_random_draws", "concept_map_images", "n_dialogues", "ckpt_every", "torch_threads")
+                    "concept_random_draws", "concept_map_images", "n_dialogues", "ckpt_every", "torch_threads",
+                    "target_batch")
 
     seed: int = 0
     subjects: Optional[list[int]] = None
@@ -95,6 +96,7 @@ class LanguageConfig(StageConfig):
     enc_batch: int = 32
     enc_lr: float = 0.001
     enc_weight_decay: float = 0.05
+    target_batch: int = 64
     lm_path: Optional[str] = None
     lm_copy: bool = True
     feature_layer: int = -2
@@ -467,7 +469,7 @@ def _run(cfg, fm, progress, log, acc):
         timings["instructions"] = time.time() - t
 
         t = time.time()
-        targets = compute_targets(fm, store, store.image_ids)
+        targets = compute_targets(fm, store, store.image_ids, cfg.target_batch, acc)  # each rank its share
         train_rows = np.searchsorted(targets["ids"], train_ids)
         encoder = build_vit3d(store, targets, train_rows, trials, cfg.patch_size, cfg.width, cfg.depth, cfg.heads,
                               cfg.mlp_ratio, cfg.head_hidden, cfg.dropout, cfg.seed)

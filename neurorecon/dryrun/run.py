@@ -10,7 +10,7 @@
    measured by :mod:`neurorecon.dryrun.probe`.
 
 Printed and written to ``benchmarks/dryrun.csv``, per stage and training loop: wall time, peak resident memory of
-the process that ran it (the notebook kernel), trainable and frozen parameters, FLOPs of one training step,
+the process that ran it (the notebook kernel; also its peak private memory, without memory-mapped files), trainable and frozen parameters, FLOPs of one training step,
 its achieved FLOP/s as a fraction of this machine's matmul FLOP/s (measured in the same run), and the GPU-hours
 the paper's recipe implies at ``SUSTAINED_TFLOPS``.
 """
@@ -135,17 +135,20 @@ def per_stage_files(run_yaml, folder):
 
 
 class PeakSampler(threading.Thread):
-    """Polls every descendant process's VmHWM (peak resident set) and keeps the largest per label."""
+    """Polls every descendant process's VmHWM (peak resident set) and RssAnon (private memory) and keeps the largest
+    per label: ``peaks`` and ``anon_peaks``. Resident sets count the pages of memory-mapped files too (the store's
+    arrays, the images being written), which the kernel can write back and drop; private memory it cannot."""
 
     def __init__(self, interval=0.5):
         super().__init__(daemon=True)
-        self.interval, self.label, self.peaks, self._stop = interval, None, {}, threading.Event()
+        self.interval, self.label, self._stop = interval, None, threading.Event()
+        self.peaks, self.anon_peaks = {}, {}
 
     @staticmethod
-    def _hwm_gb(pid):
+    def _status_gb(pid, key="VmHWM:"):
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
+                if line.startswith(key):
                     return int(line.split()[1]) / 2**20
         except OSError:
             return 0.0
@@ -156,13 +159,15 @@ class PeakSampler(threading.Thread):
 
         me = psutil.Process()
         while not self._stop.is_set():
-            if self.label:
+            label = self.label
+            if label:
                 try:
                     kids = me.children(recursive=True)
                 except psutil.Error:
                     kids = []
-                peak = max([self._hwm_gb(p.pid) for p in kids] or [0.0])
-                self.peaks[self.label] = max(self.peaks.get(self.label, 0.0), peak)
+                for peaks, key in ((self.peaks, "VmHWM:"), (self.anon_peaks, "RssAnon:")):
+                    peak = max([self._status_gb(p.pid, key) for p in kids] or [0.0])
+                    peaks[label] = max(peaks.get(label, 0.0), peak)
             self._stop.wait(self.interval)
 
     def stop(self):
@@ -179,7 +184,7 @@ def _child(code, sampler, label, env=None):
     time.sleep(sampler.interval * 2)
     sampler.label = None
     tail = (proc.stdout + proc.stderr).strip().splitlines()[-12:]
-    return seconds, sampler.peaks.get(label, 0.0), proc.returncode, tail
+    return seconds, sampler.peaks.get(label, 0.0), proc.returncode, tail, sampler.anon_peaks.get(label, 0.0)
 
 
 def _load_code(paths_json, dtype):
@@ -309,12 +314,13 @@ def _llm_scale(rec, llm_layers):
     return rec["flops"] + per_layer * (LLM_LAYERS_REAL - llm_layers)
 
 
-def _rows(status, peaks, probe_dir, tflops, llm_layers):
+def _rows(status, peaks, probe_dir, tflops, llm_layers, anon_peaks=None):
     rows = []
     for prefix, stage in NOTEBOOK_STAGES.items():
         st, seconds = status.get(prefix, ("not run", None))
         base = dict(stage=stage, notebook=prefix, status=st, wall_s=None if seconds is None else round(seconds, 1),
-                    peak_gb=round(peaks.get(f"nb{prefix}", 0.0), 2) or None)
+                    peak_gb=round(peaks.get(f"nb{prefix}", 0.0), 2) or None,
+                    peak_anon_gb=round((anon_peaks or {}).get(f"nb{prefix}", 0.0), 2) or None)
         loops = _probe_rows(probe_dir, prefix)
         if not loops:
             rows.append(dict(base, loop="-"))
@@ -340,12 +346,12 @@ def _rows(status, peaks, probe_dir, tflops, llm_layers):
     return rows
 
 
-COLUMNS = ["stage", "notebook", "status", "wall_s", "peak_gb", "loop", "steps", "batch", "precision", "trainable_M",
-           "frozen_M", "step_peak_gb", "tflop_per_step", "step_s", "achieved_tflops", "frac_of_matmul",
+COLUMNS = ["stage", "notebook", "status", "wall_s", "peak_gb", "peak_anon_gb", "loop", "steps", "batch", "precision",
+           "trainable_M", "frozen_M", "step_peak_gb", "tflop_per_step", "step_s", "achieved_tflops", "frac_of_matmul",
            "tflop_per_step_8b", "recipe_samples", "gpu_hours", "recipe"]
 
 
-SETUP_COLUMNS = ["step", "seconds", "peak_gb", "rc", "note"]
+SETUP_COLUMNS = ["step", "seconds", "peak_gb", "peak_anon_gb", "rc", "note"]
 
 
 def _table(rows, columns):
@@ -389,7 +395,7 @@ def run_dryrun(csv_path=None, llm_layers=2, skip_notebooks=False, start=None, sk
                         f"write_weights({str(dry / 'weights')!r}, size='real', llm_layers={llm_layers})"),
             ("nsd tree", f"from neurorecon.dryrun.nsd import write_nsd_tree\n"
                          f"write_nsd_tree({str(dry / 'nsd')!r})")):
-        sec, peak, rc, tail = _child(code, sampler, label)
+        sec, peak, rc, tail, _ = _child(code, sampler, label)
         log(f"{label}: {sec:.0f} s, peak {peak:.1f} GB, rc {rc}")
         if rc:
             raise RuntimeError(f"dry run: writing the {label} failed:\n" + "\n".join(tail))
@@ -414,12 +420,13 @@ def run_dryrun(csv_path=None, llm_layers=2, skip_notebooks=False, start=None, sk
     steps = _setup_steps(dry, root)
     if skip_setup and setup_csv.is_file():
         old = [r for r in old_rows if r["step"] in {label for label, *_ in steps}]
-        extra += old
         steps = _steps_to_run(steps, {r["step"] for r in old})
+        old = [r for r in old if r["step"] not in {label for label, *_ in steps}]  # a rerun replaces its row
+        extra += old
         log(f"loading/preparation: kept {len(old)} measurement(s) from {setup_csv}")
     for label, code, _ in steps:
-        sec, peak, rc, tail = _child(code, sampler, label)
-        row = dict(step=label, seconds=round(sec, 1), peak_gb=round(peak, 2), rc=rc)
+        sec, peak, rc, tail, anon = _child(code, sampler, label)
+        row = dict(step=label, seconds=round(sec, 1), peak_gb=round(peak, 2), peak_anon_gb=round(anon, 2), rc=rc)
         rec = parse_loading(tail) if label.startswith("load data") and rc == 0 else None
         if rec:  # the loader's own peak above the opened store, not the whole process's
             row.update(peak_gb=rec["peak_gb"], note=f"{rec['trials']} trials/subject; private memory held after "
@@ -429,7 +436,7 @@ def run_dryrun(csv_path=None, llm_layers=2, skip_notebooks=False, start=None, sk
             ("" if rc == 0 else "\n  " + "\n  ".join(tail)))
     status, rc = ({}, None) if skip_notebooks else _run_notebooks(run_yaml, files, sampler, probe_dir, log, start)
     sampler.stop()
-    rows = _rows(status, sampler.peaks, probe_dir, tflops, llm_layers)
+    rows = _rows(status, sampler.peaks, probe_dir, tflops, llm_layers, sampler.anon_peaks)
     extra.append(dict(step="total", seconds=round(time.time() - t_all, 1),
                       peak_gb=round(max(sampler.peaks.values() or [0.0]), 2), rc=rc))
     csv_path.parent.mkdir(parents=True, exist_ok=True)

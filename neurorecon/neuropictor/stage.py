@@ -397,6 +397,7 @@ def run_refine_stage(cfg, force=False, progress=True, foundation=None, stop_afte
     steps, record = _steps(cfg, acc, len(data), cfg.steps, cfg.epochs)
     mask_steps, mask_record = _steps(cfg, acc, len(data), cfg.mask_steps, cfg.mask_epochs, "mask_steps")
     refined = _to_refine(cfg, fm, pipe0)
+    del pipe0  # loaded again after training: not held through both phases (2.7 GB of fp32 weights at real size)
     cpu0 = time.process_time()
     res = train_neuropictor(refined, data, fm, steps=steps, lr=cfg.lr, ckpt_dir=ckpt / "refined",
                             desc="refine", stop_after=stop_after, **common)
@@ -408,6 +409,7 @@ def run_refine_stage(cfg, force=False, progress=True, foundation=None, stop_afte
     res_mask = train_neuropictor(masked, data, fm, steps=mask_steps, lr=cfg.mask_lr,
                                  ckpt_dir=ckpt / "refined_mask", desc="refine (CFG mask)", **common)
     cpu2 = time.process_time()
+    pipe0 = load_pipeline(fm, pre / "model", cfg.scheduler)
     variants = {mode: _refine_variant(cfg, mode, fm, store, pipe0, ckpt, acc, common) for mode in
                 cfg.repetition_variants}
     if hook is not None:

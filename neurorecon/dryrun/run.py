@@ -72,13 +72,16 @@ def matmul_tflops(dtype="float32", n=2048, reps=4):
 
 def _stage_sections(n_test=2, sample_steps=2):
     """Every stage's dry-run settings: real model sizes (the full profile's), tiny step counts."""
-    few = dict(n_eval=n_test, n_figure=n_test, num_inference_steps=sample_steps, eval_batch=n_test, ckpt_every=0)
+    # checkpoints are not kept: the full profile keeps them (to train on), which here would leave 3.8 + 7.6 + 16 GB
+    # of encoder, pretraining and refinement state (weights and AdamW moments) on the disk and fill it
+    few = dict(n_eval=n_test, n_figure=n_test, num_inference_steps=sample_steps, eval_batch=n_test, ckpt_every=0,
+               keep_checkpoints=False)
     return dict(
         # session 1 only, and of it the first 32 trials per subject (2 test trials each): the rest of the 750 would
         # cost notebook 04 hours of VAE encoding on a CPU (4.5-9 s per 512-px image)
         data=dict(simulate=False, subjects=DRY_SUBJECTS, max_sessions=1, max_trials=32),
         foundation=dict(n_eval=n_test, eval_seeds=1, sample_steps=sample_steps),
-        encoding=dict(steps=2, batch_size=2, ckpt_every=0, eval_batch=4),
+        encoding=dict(steps=2, batch_size=2, ckpt_every=0, eval_batch=4, keep_checkpoints=False),
         pretrain=dict(few, steps=2, batch_size=1, eval_subjects=[1]),
         refine=dict(few, steps=2, mask_steps=1, batch_size=1, control_scales=[1.0]),
         language=dict(enc_steps=2, enc_batch=2, stage1_steps=1, stage1_batch=1, stage2_steps=1, stage2_batch=1,

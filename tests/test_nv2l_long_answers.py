@@ -61,3 +61,22 @@ def test_brain_answers_beat_both_controls_when_they_read_the_fmri():
         assert table.loc["brain_llava", kind] > table.loc["shuffled_fmri", kind]
         assert table.loc["brain_llava", kind] > table.loc["nn_caption", kind]  # test images are not in the bank
     assert (frame[frame.metric == "detailed_n_records"].value == len(test_ids)).all()
+
+
+def test_one_test_image_is_scored_without_a_shuffled_control_and_says_so():
+    ann = _annotations(20)
+    ids = sorted(ann)
+    tr, te = build_instruction_data(ann, ids[:18], 64), build_instruction_data(ann, ids[18:19], 64)
+    x = np.array([[ids[18], 0.0]])
+    emb = {i: np.eye(len(ids))[k] for k, i in enumerate(ids)}
+    ridge = SimpleNamespace(predict=lambda v: np.stack([emb[int(i)] for i in v[:, 0]]))
+    w = _Writer()
+    with CaptionScorer(meteor=False, tokenizer="simple") as scorer:
+        rows = evaluate_long_answers(w, _Reader(te), lambda s: (x, np.array(ids[18:19])), te, tr, ridge,
+                                     lambda b: np.stack([emb[int(i)] for i in b]), scorer, subjects=[1],
+                                     max_new_tokens=32)
+    assert len(rows) == 2 and rows.shuffled_fmri.isna().all() and rows.brain_llava.notna().all()
+    counts = {(r["method"], r["metric"]): r["value"] for r in w.rows if r["metric"].endswith("_n_records")}
+    assert counts[("brain_llava", "detailed_n_records")] == 1
+    assert counts[("shuffled_fmri", "detailed_n_records")] == 0  # recorded, not silently missing
+    assert not any(r["method"] == "shuffled_fmri" and r["metric"] == "detailed_CIDEr" for r in w.rows)

@@ -105,9 +105,11 @@ def evaluate_long_answers(w, llava, test_voxels, test_records, train_records, ri
             recs = [by_image[int(i)] for i in ids]
             refs = [[" ".join(a for _, a in record_turns(r))] for r in recs]
             answers = {"brain_llava": answer_records(llava, x, recs, max_new_tokens),
-                       "shuffled_fmri": answer_records(llava, x[derangement(len(x), seed + s)], recs,
-                                                       max_new_tokens),
                        "nn_caption": nearest_captions(ridge.predict(x), bank_clip, bank_texts)}
+            if len(x) > 1:  # else no other image's fMRI to answer from: 0 records, in the metrics
+                answers["shuffled_fmri"] = answer_records(llava, x[derangement(len(x), seed + s)], recs,
+                                                          max_new_tokens)
+            w.add_metric("shuffled_fmri", s, "test", f"{kind}_n_records", len(recs) if len(x) > 1 else 0)
             for m, cands in answers.items():
                 sc = scorer.score(refs, cands)
                 for k in METRICS:
@@ -116,7 +118,8 @@ def evaluate_long_answers(w, llava, test_voxels, test_records, train_records, ri
             w.add_metric("brain_llava", s, "test", f"{kind}_n_records", len(recs))
             for k, r in enumerate(recs):
                 rows.append(dict(subject=int(s), image_id=int(r["image_id"]), type=kind, reference=refs[k][0],
-                                 **{m: answers[m][k] for m in answers}))
+                                 **{m: answers[m][k] if m in answers else None
+                                    for m in ("brain_llava", "shuffled_fmri", "nn_caption")}))
     for (m, kind, k), v in means.items():
         w.add_metric(m, "mean", "test", f"{kind}_{k}", float(np.mean(v)))
     return pd.DataFrame(rows)

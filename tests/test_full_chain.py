@@ -32,6 +32,7 @@ def tiny_full_run_config(tmp_path, nsd_root, weight_paths, dtype="float16"):
         sections[section] = {k: v for k, v in smoke.items() if k != "profile" and k not in _PROFILE_KEYS}
     sections["data"].update(manifest=str(paths.repo_root() / "data_manifests" / "smoke.yaml"))
     sections["foundation"].update(weight_paths)
+    sections["language"].update(concept_source="annotated")  # a random tiny LM extracts no concept to locate
     run = dict(shared=dict(nsd_root=str(nsd_root), device="cpu", dtype=dtype), **sections)
     out = tmp_path / "tiny_full_run.yaml"
     out.write_text(yaml.safe_dump(json.loads(json.dumps(run))))  # tuples -> lists
@@ -52,6 +53,9 @@ def test_full_profile_chain_through_one_run_config(tmp_path, capsys):
     assert yaml.safe_load((folder / "config.yaml").read_text())["dtype"] == "float16"
     refine = read_metrics(paths.stage_dir("refine", "full"))
     assert {"refined", "refined_mask", "pretrain_only"} <= set(refine.method)
+    lang = read_metrics(paths.stage_dir("language", "full"))
+    located = lang[(lang.method == "gradcam") & (lang.subject == "all") & (lang.metric == "n_cases")].value
+    assert located.iloc[0] > 0  # Grad-CAM maps and the ablation ran on the annotated concepts
     rec = read_metrics(paths.stage_dir("reconstruction", "full"))
     assert rec.value.notna().any()
     out = capsys.readouterr().out

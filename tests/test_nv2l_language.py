@@ -366,3 +366,12 @@ def test_ridge_and_nearest_caption_baseline():
     assert np.corrcoef(pred.ravel(), y[150:].ravel())[0, 1] > 0.95
     bank = np.eye(4)
     assert nearest_captions(np.array([[0, 0.1, 3, 0], [5, 0, 0, 0]]), bank, list("abcd")) == ["c", "a"]
+
+
+def test_concept_source_is_checked_before_the_stage_runs():
+    from neurorecon.config import load_config
+    from neurorecon.nv2l.stage import LanguageConfig, _check_cfg
+
+    _check_cfg(load_config(LanguageConfig, "smoke", overrides=dict(concept_source="annotated")))
+    with pytest.raises(ConfigError, match="concept_source 'oracle'"):
+        _check_cfg(load_config(LanguageConfig, "smoke", overrides=dict(concept_source="oracle")))

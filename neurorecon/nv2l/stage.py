@@ -61,6 +61,11 @@ METHODS = ("brain_llava", "nn_caption", "shuffled_fmri")
 COMPONENTS = ("sd", "clip_h", "clip_l", "lm")
 
 
+#: What concept localisation locates: the concept the LLM ``extracted`` from the instruction (NV2L), or the
+#: ``annotated`` one (maps and ablation of every case even when the LLM extracts nothing, e.g. random weights)
+CONCEPT_SOURCES = ("extracted", "annotated")
+
+
 @dataclasses.dataclass
 class LanguageConfig(StageConfig):
     """Config of the language stage (``neurorecon/configs/language.yaml``)."""
@@ -71,7 +76,7 @@ class LanguageConfig(StageConfig):
                     "caption_tokenizer", "concept_prompt", "concept_cam", "concept_contrast",
                     "concept_extraction_prompt", "concept_extraction_tokens", "concept_fraction",
                     "concept_random_draws", "concept_map_images", "n_dialogues", "ckpt_every", "torch_threads",
-                    "target_batch")
+                    "target_batch", "concept_source")
 
     seed: int = 0
     subjects: Optional[list[int]] = None
@@ -131,6 +136,7 @@ class LanguageConfig(StageConfig):
     concept_prompt: str = "a {}"
     concept_patch_sizes: list[int] = dataclasses.field(default_factory=list)
     concept_cam: str = "gradcam"
+    concept_source: str = "extracted"
     concept_contrast: bool = True
     concept_extraction_prompt: str = EXTRACTION_PROMPT
     concept_extraction_tokens: int = 8
@@ -189,6 +195,9 @@ def _check_cfg(cfg):
 
     if cfg.concept_cam not in CAM_METHODS:
         raise ConfigError(f"language config: concept_cam {cfg.concept_cam!r}: expected one of {list(CAM_METHODS)}")
+    if cfg.concept_source not in CONCEPT_SOURCES:
+        raise ConfigError(f"language config: concept_source {cfg.concept_source!r}: expected one of "
+                          f"{list(CONCEPT_SOURCES)}")
     if "{}" not in cfg.concept_extraction_prompt:
         raise ConfigError("language config: concept_extraction_prompt needs a {} for the user's instruction")
     from .llava import PROJECTORS
@@ -330,6 +339,8 @@ def _evaluate_concepts(w, cfg, fm, encoders, llava, store, subjects, log=print):
                                answer=answers, extracted=[g or "" for g in got], extracted_correct=ok,
                                **{c: np.nan for c in ("evidence", "evidence_located", "evidence_random",
                                                       "drop_located", "drop_random")}))
+        if cfg.concept_source == "annotated":  # locate the annotated concept (extraction is still scored above)
+            got, none = truth, np.zeros(len(truth), dtype=bool)
         keep = np.flatnonzero(~none)  # an unextracted concept is not located (counted above)
         if len(keep):
             xs = torch.from_numpy(x[rows[keep]])
@@ -361,6 +372,7 @@ def _evaluate_concepts(w, cfg, fm, encoders, llava, store, subjects, log=print):
     w.add_metric("concept_extraction", "all", "test", "n_cases", n_cases)
     located = out.dropna(subset=["drop_located"])
     w.add_metric("gradcam", "all", "test", "n_cases", len(located))
+    w.add_metric("gradcam", "all", "test", "annotated_concepts", float(cfg.concept_source == "annotated"))
     if len(located):
         w.add_metric("gradcam", "all", "test", "evidence_drop_located", float(located.drop_located.mean()))
         w.add_metric("gradcam", "all", "test", "evidence_drop_random", float(located.drop_random.mean()))

@@ -86,7 +86,8 @@ def _stage_sections(n_test=2, sample_steps=2):
         refine=dict(few, steps=2, mask_steps=1, batch_size=1, control_scales=[1.0]),
         language=dict(enc_steps=2, enc_batch=2, stage1_steps=1, stage1_batch=1, stage2_steps=1, stage2_batch=1,
                       eval_subjects=[1], n_dialogues=1, caption_tokens=8, qa_tokens=4, meteor=False,
-                      caption_tokenizer="simple", concept_random_draws=1, concept_map_images=1, ckpt_every=0),
+                      caption_tokenizer="simple", concept_random_draws=1, concept_map_images=1, ckpt_every=0,
+                      concept_source="annotated"),  # a random LLM extracts no concept: Grad-CAM would never run
         reconstruction=dict(subjects=[1], n_eval=n_test, num_inference_steps=sample_steps, batch_size=n_test,
                             sweep_n=n_test, control_scales=[1.0], guidance_scales=[5.0], betas=[0.93],
                             strengths=[0.8], samplers=[f"ddim:{sample_steps}"], nv2l_prompt_tokens=8,

@@ -108,3 +108,27 @@ def test_setup_steps_rerun_a_kept_preparation_only_when_its_store_is_gone(tmp_pa
     run = [s[0] for s in dryrun._steps_to_run(steps, prepared)]
     assert "prepare 1 session(s) x 4 subjects" not in run and "prepare 2 session(s) x 4 subjects" in run
     assert dryrun._steps_to_run(steps, set(labels)) == []
+
+
+def test_probe_rows_keep_the_last_run_and_split_loops_of_one_name(tmp_path):
+    recs = [dict(pid=1, desc="ViT3D", step=0), dict(pid=1, desc="ViT3D", step=1)]  # a failed earlier run
+    recs += [dict(pid=2, desc="ViT3D", step=s) for s in (0, 1)] + [dict(pid=2, desc="ViT3D", step=s) for s in (0, 1)]
+    recs += [dict(pid=2, desc="LLaVA stage 1", step=0), dict(pid=2, desc="LLaVA stage 2", step=0)]
+    (tmp_path / "probe-06.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    loops = dryrun._probe_rows(tmp_path, "06")
+    assert [(lp[0]["desc"], len(lp)) for lp in loops] == [("ViT3D", 2), ("ViT3D #2", 2), ("LLaVA stage 1", 1),
+                                                         ("LLaVA stage 2", 1)]
+    assert all(r["pid"] == 2 for lp in loops for r in lp)
+
+
+@pytest.mark.parametrize("stage, desc, key", [("pretrain", "pretrain", "pretrain"),
+                                              ("pretrain", "pretrain (CFG mask)", "pretrain-mask"),
+                                              ("refine", "refine (CFG mask)", "refine-mask"),
+                                              ("refine", "refine (last)", "refine"),
+                                              ("language", "ViT3D #2", "vit3d"),
+                                              ("language", "LLaVA stage 1", "stage1"),
+                                              ("language", "LLaVA stage 2", "stage2"),
+                                              ("encoding", "fMRI autoencoder", "encoding"),
+                                              ("reconstruction", "anything", None)])
+def test_each_training_loop_finds_its_papers_recipe(stage, desc, key):
+    assert dryrun._recipe(stage, desc)[0] == key

@@ -292,19 +292,37 @@ def _papermill_fallback(files, log, start=None):
 
 
 def _probe_rows(probe_dir, prefix):
-    """Per training loop of a notebook: the first step's record (FLOPs) and the last step's (time, memory)."""
+    """Per training loop of a notebook's last run (the process that wrote the file's last record): its records,
+    the first one (FLOPs) to the last (time, memory). A loop starts at each step-0 record, so loops that share
+    a name (the concept ensemble's extra ViT3Ds) stay apart: "ViT3D", "ViT3D #2", ..."""
     path = probe_dir / f"probe-{prefix}.jsonl"
     if not path.is_file():
         return []
-    loops = {}
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
-        loops.setdefault((rec["pid"], rec["desc"]), []).append(rec)
-    return list(loops.values())
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not records:
+        return []
+    last = records[-1]["pid"]  # records of earlier (failed or reused) runs of the notebook are left out
+    loops, seen = [], {}
+    for rec in records:
+        if rec["pid"] != last:
+            continue
+        if rec.get("step") == 0 or not loops or loops[-1]["base"] != rec["desc"]:
+            seen[rec["desc"]] = seen.get(rec["desc"], 0) + 1
+            name = rec["desc"] if seen[rec["desc"]] == 1 else f"{rec['desc']} #{seen[rec['desc']]}"
+            loops.append(dict(base=rec["desc"], name=name, recs=[]))
+        loops[-1]["recs"].append(dict(rec, desc=loops[-1]["name"]))
+    return [loop["recs"] for loop in loops]
 
 
 def _recipe(stage, desc):
-    key = next((k for k in sorted(RECIPES, key=len, reverse=True) if k in f"{stage} {desc}"), None)
+    """(RECIPES key, samples, source) of a training loop from its stage and progress-bar name (Nones if none)."""
+    d = desc.lower()
+    if stage in ("pretrain", "refine"):
+        key = stage + ("-mask" if "mask" in d else "")  # "refine (CFG mask)"
+    elif stage == "language":
+        key = "vit3d" if "vit3d" in d else "stage1" if "stage 1" in d else "stage2" if "stage 2" in d else None
+    else:
+        key = stage if stage in RECIPES else None
     return (key, *RECIPES[key]) if key else (None, None, None)
 
 

@@ -292,26 +292,28 @@ def _papermill_fallback(files, log, start=None):
 
 
 def _probe_rows(probe_dir, prefix):
-    """Per training loop of a notebook's last run (the process that wrote the file's last record): its records,
-    the first one (FLOPs) to the last (time, memory). A loop starts at each step-0 record, so loops that share
-    a name (the concept ensemble's extra ViT3Ds) stay apart: "ViT3D", "ViT3D #2", ..."""
+    """Per training loop of a notebook: its records, the first one (FLOPs) to the last (time, memory).
+
+    A loop is a run of records of one process and name that starts at step 0 (or where the name changes), so
+    loops that share a name (the concept ensemble's extra ViT3Ds) stay apart as "ViT3D", "ViT3D #2", ...; of a
+    loop run by several processes (a failed notebook and its rerun) the last one is kept. A loop that its rerun
+    resumed from a finished checkpoint took no step there, so its first run's records stay."""
     path = probe_dir / f"probe-{prefix}.jsonl"
     if not path.is_file():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if not records:
-        return []
-    last = records[-1]["pid"]  # records of earlier (failed or reused) runs of the notebook are left out
     loops, seen = [], {}
-    for rec in records:
-        if rec["pid"] != last:
+    for line in path.read_text().splitlines():
+        if not line.strip():
             continue
-        if rec.get("step") == 0 or not loops or loops[-1]["base"] != rec["desc"]:
-            seen[rec["desc"]] = seen.get(rec["desc"], 0) + 1
-            name = rec["desc"] if seen[rec["desc"]] == 1 else f"{rec['desc']} #{seen[rec['desc']]}"
-            loops.append(dict(base=rec["desc"], name=name, recs=[]))
+        rec = json.loads(line)
+        prev = loops[-1] if loops else None
+        if prev is None or rec.get("step") == 0 or prev["pid"] != rec["pid"] or prev["base"] != rec["desc"]:
+            k = seen[(rec["pid"], rec["desc"])] = seen.get((rec["pid"], rec["desc"]), 0) + 1
+            loops.append(dict(pid=rec["pid"], base=rec["desc"], name=rec["desc"] if k == 1 else f"{rec['desc']} #{k}",
+                              recs=[]))
         loops[-1]["recs"].append(dict(rec, desc=loops[-1]["name"]))
-    return [loop["recs"] for loop in loops]
+    latest = {loop["name"]: loop for loop in loops}  # later runs replace earlier ones, in first-seen order
+    return [loop["recs"] for loop in latest.values()]
 
 
 def _recipe(stage, desc):
@@ -355,7 +357,11 @@ def _rows(status, peaks, probe_dir, tflops, llm_layers, anon_peaks=None):
             key, samples, source = _recipe(stage, first["desc"])
             real = _llm_scale(first, llm_layers) if stage == "language" else None
             per_sample = (real or flops or 0) / first["batch_size"]
-            gpu_h = per_sample * samples / (SUSTAINED_TFLOPS * 1e12) / 3600 if samples and flops else None
+            # an LLM loop whose decoder layers the FLOP counter did not resolve (LoRA with gradient checkpointing)
+            # has no 8B figure: its 2-layer FLOPs would understate the recipe's GPU-hours 16-fold
+            unscaled = stage == "language" and "llava" in first["desc"].lower() and real is None
+            gpu_h = (per_sample * samples / (SUSTAINED_TFLOPS * 1e12) / 3600
+                     if samples and flops and not unscaled else None)
             rows.append(dict(base, loop=first["desc"], steps=len(recs), batch=first["batch_size"],
                              precision=first["mixed_precision"], trainable_M=round(first["trainable"] / 1e6, 1),
                              frozen_M=round(first["frozen"] / 1e6, 1), step_peak_gb=last["peak_rss_gb"],

@@ -170,3 +170,31 @@ def test_every_published_row_has_a_source_and_the_paper_table_lists_them():
     rows = [dict(method="NV2L", subject="1", variant="averaged", metric="PixCorr", value=.3)]
     md = _markdown(paper_table(pd.DataFrame(rows)))
     assert "Sources of the published rows:" in md and f"- MindTuner: {PUBLISHED_SOURCES['MindTuner']}" in md
+
+
+@pytest.mark.slow
+def test_each_method_is_released_before_the_next_loads(monkeypatch):
+    """At full size two methods' trained parts at once held ~5 GB more (notebook 07 of the dry run): the stage
+    drops one method's models before it loads the next (here: the ridge of subject 1 before subject 2's)."""
+    import gc
+    import weakref
+
+    from neurorecon.evaluation import reconstruction as rec
+
+    live, loaded = [], []
+
+    class Tracked(rec._Method):
+        def __init__(self, *a, **k):
+            gc.collect()
+            assert not [r for r in live if r() is not None], "the previous method is still alive"
+            super().__init__(*a, **k)
+            live.append(weakref.ref(self))
+            loaded.append(self.key)
+
+    monkeypatch.setattr(rec, "_Method", Tracked)
+    cfg = load_config(ReconstructionConfig, "smoke", overrides=dict(
+        methods=["ridge"], captions=False, subjects=[1, 2], n_eval=2, sweep_n=2, strengths=[1.0],
+        single_trial=False))
+    run_reconstruction_stage(cfg, fm=tiny_random_foundation(image_size=32, with_lm=False), force=True,
+                             log=lambda m: None)
+    assert loaded == ["ridge", "ridge"]

@@ -31,6 +31,7 @@ Artifacts (``$NEURORECON_HOME/artifacts/<profile>/reconstruction/``)::
 """
 
 import dataclasses
+import gc
 import hashlib
 import json
 import time
@@ -343,6 +344,10 @@ def _run(cfg, fm, log):
                     if key == "neuropictor_released" and _released_subject(cfg) not in (None, s):
                         log(f"  subject {s}: the released checkpoint is subject {_released_subject(cfg)}'s; skipped")
                         continue
+                    # the last method's models go before this one's load: at full size two methods' trained
+                    # parts at once (ControlNet + conditioner, or the brain LLaVA's LLM) held ~5 GB more
+                    method = None
+                    gc.collect()
                     method = _Method(key, cfg, fm, store, s, log)
                     for variant in variants:
                         ids, x = eval_inputs(sub, method.kind, variant, n)

@@ -70,3 +70,27 @@ def test_reconstructor_shapes_and_determinism_on_the_tiny_foundation():
     single = fit_ridge_reconstructor(fm, betas, ids, lambda i: images[np.asarray(i)], lambda i: captions[i],
                                      average=False, alphas=(1.0,))
     assert single.average is False and single.latent_map.alpha == 1.0
+
+
+def test_targets_read_and_encoded_a_batch_at_a_time():
+    """batch_size (ridge_batch): the images are read and encoded a few at a time (at 512 px a batch of 64 outgrew
+    the dry run's memory) and give the maps of one pass."""
+    fm = tiny_random_foundation(image_size=32, with_lm=False)
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
+    ids = np.tile(np.arange(7), 2)
+    betas = rng.normal(size=(len(ids), 12)).astype(np.float32)
+    reads = []
+
+    def get_images(i):
+        reads.append(len(i))
+        return images[np.asarray(i)]
+
+    kw = dict(average=True, n_folds=3, alphas=(1.0,))
+    whole = fit_ridge_reconstructor(fm, betas, ids, get_images, lambda i: [f"ball {i}"], **kw)
+    assert reads == [7]
+    few = fit_ridge_reconstructor(fm, betas, ids, get_images, lambda i: [f"ball {i}"], batch_size=3, **kw)
+    assert reads[1:] == [3, 3, 1]
+    (za, ca), (zb, cb) = whole.predict(betas[:3]), few.predict(betas[:3])
+    np.testing.assert_allclose(np.asarray(zb), np.asarray(za), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(cb), np.asarray(ca), rtol=1e-5, atol=1e-5)

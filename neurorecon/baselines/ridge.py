@@ -263,7 +263,7 @@ class RidgeReconstructor:
 
 
 def fit_ridge_reconstructor(fm, betas, image_ids, get_images, get_captions, average=True, alphas=ALPHAS, n_folds=5,
-                            seed=0, latent_columns=None, text_columns=None):
+                            seed=0, latent_columns=None, text_columns=None, batch_size=64):
     """Fit both ridge maps on training data.
 
     Parameters
@@ -282,6 +282,9 @@ def fit_ridge_reconstructor(fm, betas, image_ids, get_images, get_captions, aver
         See :func:`fit_ridge`.
     latent_columns, text_columns : array of int, optional
         Voxel columns of each map (None: every voxel).
+    batch_size : int
+        Images read and encoded (VAE, text tower) at a time: at 512 px the VAE's activations take ~0.3 GB per
+        image, and a subject's ~9,000 NSD training images are ~5 GB as uint8.
 
     Returns
     -------
@@ -289,7 +292,9 @@ def fit_ridge_reconstructor(fm, betas, image_ids, get_images, get_captions, aver
     """
     x, ids = training_samples(betas, image_ids, average)
     uniq, inverse = np.unique(ids, return_inverse=True)
-    lat, tok = image_targets(fm, get_images(uniq), [list(get_captions(int(i))) for i in uniq])
+    parts = [image_targets(fm, get_images(chunk), [list(get_captions(int(i))) for i in chunk], batch_size)
+             for chunk in (uniq[a:a + batch_size] for a in range(0, len(uniq), batch_size))]
+    lat, tok = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     lat, tok = lat[inverse], tok[inverse]
     pick = RidgeReconstructor._cols
     latent_map = fit_ridge(pick(x, latent_columns), lat.reshape(len(lat), -1), alphas, n_folds, ids, seed)

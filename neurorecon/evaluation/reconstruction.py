@@ -107,6 +107,7 @@ class ReconstructionConfig(StageConfig):
     nv2l_prompt_tokens: int = 48
     ridge_strength: float = 0.8
     ridge_average: bool = True
+    ridge_batch: int = 64
     sweep_n: int = 24
     control_scales: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.5, 1.0])
     guidance_scales: list[float] = dataclasses.field(default_factory=lambda: [1.0, 3.0, 5.0])
@@ -181,7 +182,8 @@ class _Method:
             from ..baselines import fit_subject_ridge
 
             t = time.time()
-            self.ridge = fit_subject_ridge(fm, store, subject, average=cfg.ridge_average, seed=cfg.seed)
+            self.ridge = fit_subject_ridge(fm, store, subject, average=cfg.ridge_average, seed=cfg.seed,
+                                           batch_size=cfg.ridge_batch)
             log(f"  ridge fit for subject {subject} in {time.time() - t:.0f} s (alpha latent "
                 f"{self.ridge.latent_map.alpha:g}, text {self.ridge.text_map.alpha:g})")
         else:

@@ -198,3 +198,16 @@ def test_each_method_is_released_before_the_next_loads(monkeypatch):
     run_reconstruction_stage(cfg, fm=tiny_random_foundation(image_size=32, with_lm=False), force=True,
                              log=lambda m: None)
     assert loaded == ["ridge", "ridge"]
+
+
+def test_headline_metric_follows_the_metrics_that_have_values():
+    """Notebooks 07/08 read CLIP where its network was configured, else demo-CLIP, else PixCorr: a full run
+    without metric-network weights (its CLIP rows are NaN, demo-CLIP is not computed) failed notebook 07 with a
+    KeyError on demo-CLIP (found by make dryrun)."""
+    from neurorecon.evaluation import report as R
+
+    rows = pd.DataFrame(dict(metric=["PixCorr", "CLIP", "demo-CLIP"], value=[0.1, np.nan, 0.6]))
+    assert R.headline_metric(rows) == "demo-CLIP"
+    assert R.headline_metric(rows[rows.metric != "demo-CLIP"]) == "PixCorr"
+    assert R.headline_metric(rows.assign(value=0.7)) == "CLIP"
+    assert R.chance("PixCorr") == 0.0 and R.chance("CLIP") == 0.5 and np.isnan(R.chance("SSIM"))

@@ -37,7 +37,7 @@ from .table import LOWER_IS_BETTER
 
 __all__ = ["FiguresConfig", "PUBLISHED", "PUBLISHED_SOURCES", "PAPER_COLUMNS", "IMAGE_METRICS", "CAPTION_METRICS_SHOWN",
            "run_figures_stage", "paper_table", "plot_reconstructions", "plot_metric_bars", "plot_sweeps",
-           "plot_sweep_images", "plot_subject_bars", "sampler_table", "latex_table", "plot_retrieval", "plot_captions", "savefig"]
+           "plot_sweep_images", "plot_subject_bars", "headline_metric", "sampler_table", "latex_table", "plot_retrieval", "plot_captions", "savefig"]
 
 #: The papers' main-table columns (our metric names → the papers' headers).
 PAPER_COLUMNS = {"PixCorr": "PixCorr", "SSIM": "SSIM", "AlexNet(2)": "Alex(2)", "AlexNet(5)": "Alex(5)",
@@ -210,6 +210,14 @@ def sampler_table(sweeps, subject=None):
     return df.pivot_table(index=["method", "sampler", "steps"], columns="metric", values="value", sort=False)
 
 
+def headline_metric(results):
+    """The CLIP metric the tables and checks read: ``CLIP`` (OpenAI ViT-L/14, the papers') where it has values,
+    else the foundation's ``demo-CLIP``, else ``PixCorr`` (a full run without metric-network weights: the
+    missing networks are listed in ``protocol.json``'s ``unavailable``)."""
+    have = set(results.metric[results.value.notna()])
+    return next((m for m in ("CLIP", "demo-CLIP") if m in have), "PixCorr")
+
+
 def plot_subject_bars(results, metric="demo-CLIP", variant="averaged"):
     """One metric per evaluation subject and method (seaborn bars; shuffled controls included)."""
     import seaborn as sns
@@ -374,7 +382,7 @@ def run_figures_stage(cfg, force=False, log=print):
         if shuffled:
             save(plot_reconstructions(store.get_images(ids), shuffled, titles=ids), "shuffled_control")
     save(plot_metric_bars(results, subject), "metrics")
-    metric = "CLIP" if (results.metric == "CLIP").any() else "demo-CLIP"
+    metric = headline_metric(results)
     if (results.metric == metric).any():
         save(plot_subject_bars(results, metric, cfg.variant), "subjects")
     samplers = pd.DataFrame()

@@ -3,12 +3,18 @@
 import pandas as pd
 
 
-from .paper_figures import CAPTION_METRICS_SHOWN, IMAGE_METRICS, _methods, sampler_table
+from .paper_figures import _CHANCE, CAPTION_METRICS_SHOWN, IMAGE_METRICS, _methods, headline_metric, sampler_table
 from .reconstruction import METHOD_LABELS, SHUFFLED
 from .table import LOWER_IS_BETTER
 
 __all__ = ["image_table", "retrieval_table", "caption_table", "sweep_table", "sampler_table", "control_gap",
-           "ordering_checks"]
+           "ordering_checks", "headline_metric", "chance"]
+
+
+def chance(metric):
+    """Chance level of an image metric with shuffled fMRI (0.5 for two-way identification, 0 for PixCorr); NaN
+    where none is defined."""
+    return _CHANCE.get(metric, float("nan"))
 
 
 def image_table(results, variant="averaged", subject=None):
@@ -83,7 +89,7 @@ def ordering_checks(results, sweeps=None, variant="averaged", beta=None):
                 if (a, metric) in v and (b, metric) in v:
                     rows.append(dict(claim=claim, metric=metric, subject=subject, a=v[a, metric], b=v[b, metric],
                                      holds=_better(metric, v[a, metric], v[b, metric])))
-        key = "CLIP" if "CLIP" in set(g.metric) else "demo-CLIP"
+        key = headline_metric(g)
         for m in (np_, nv):
             if (m, key) in v and (ridge, key) in v:
                 rows.append(dict(claim=f"{m} > ridge", metric=key, subject=subject, a=v[m, key], b=v[ridge, key],

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from neurorecon.config import load_config
 from neurorecon.dryrun import run as dryrun
@@ -132,3 +133,25 @@ def test_probe_rows_keep_the_last_run_and_split_loops_of_one_name(tmp_path):
                                               ("reconstruction", "anything", None)])
 def test_each_training_loop_finds_its_papers_recipe(stage, desc, key):
     assert dryrun._recipe(stage, desc)[0] == key
+
+
+def test_metric_network_files_load_as_the_evaluation_reads_them(tiny, tmp_path):
+    """make dryrun also writes the evaluation's metric networks at real size (random, in their published formats),
+    so notebook 07 scores every MindEye metric; they load strictly and give finite features."""
+    from neurorecon.dryrun.weights import write_metric_weights
+    from neurorecon.evaluation.networks import build_network
+
+    paths = write_metric_weights(tmp_path / "metrics", log=lambda *_: None)
+    assert set(paths) == {"alexnet", "inception", "efficientnet", "swav"}
+    x = torch.rand(1, 3, 64, 64)
+    for key, path in paths.items():
+        net = build_network(key, path)
+        feats = net.forward(torch.nn.functional.interpolate(x, size=(net.size, net.size)))
+        assert feats and all(torch.isfinite(v).all() for v in feats.values()), key
+    assert write_metric_weights(tmp_path / "metrics", log=lambda *_: None) == paths  # kept, not rewritten
+    doc = yaml.safe_load(dryrun.write_run_config(tmp_path / "run.yaml", tiny["paths"], tmp_path / "nsd",
+                                                 metric_paths=paths).read_text())
+    assert doc["evaluation"]["clip"] == tiny["paths"]["clip_l_checkpoint"] and doc["evaluation"]["swav"] == paths["swav"]
+    files = dryrun.per_stage_files(tmp_path / "run.yaml", tmp_path / "stages")
+    ev = load_config(dryrun._stage_class("evaluation"), "full", path=files["evaluation"])
+    assert ev.alexnet == paths["alexnet"] and ev.clip_model == tiny["paths"]["clip_l_model"]

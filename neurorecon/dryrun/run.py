@@ -98,11 +98,17 @@ def _stage_sections(n_test=2, sample_steps=2):
     )
 
 
-def write_run_config(path, weights_paths, nsd_root, dtype="bfloat16"):
-    """The one run-config YAML of the dry run (``shared`` + one section per stage); returns its path."""
+def write_run_config(path, weights_paths, nsd_root, dtype="bfloat16", metric_paths=None):
+    """The one run-config YAML of the dry run (``shared`` + one section per stage); returns its path.
+
+    ``metric_paths``: the evaluation's metric-network files (:func:`~neurorecon.dryrun.weights.write_metric_weights`);
+    its CLIP metric then reads the foundation's CLIP ViT-L/14 file, as the evaluation config says to."""
     shared = dict(nsd_root=str(nsd_root), device="cpu", dtype=dtype,
                   **{k: v for k, v in weights_paths.items() if v is not None})
     doc = dict(shared=shared, **_stage_sections())
+    if metric_paths:
+        doc["evaluation"].update(metric_paths, clip=weights_paths["clip_l_checkpoint"],
+                                 clip_model=weights_paths["clip_l_model"])
     path = Path(path)
     path.write_text("# neurorecon dry run (make dryrun): the full profile with random real-size weights and a\n"
                     "# real-geometry NSD tree; tiny step counts. Written by neurorecon.dryrun.run.\n"
@@ -396,7 +402,7 @@ def run_dryrun(csv_path=None, llm_layers=2, skip_notebooks=False, start=None, sk
     import torch
 
     from .nsd import write_nsd_tree
-    from .weights import write_weights
+    from .weights import write_metric_weights, write_weights
 
     home = paths.home()
     dry = home / "dryrun"
@@ -433,7 +439,8 @@ def run_dryrun(csv_path=None, llm_layers=2, skip_notebooks=False, start=None, sk
     record = write_weights(dry / "weights", size="real", llm_layers=llm_layers, log=lambda *_: None)
     root = write_nsd_tree(dry / "nsd")
     (dry / "paths.json").write_text(json.dumps(record["paths"], indent=1))
-    run_yaml = write_run_config(dry / "dryrun.yaml", record["paths"], root)
+    metric_paths = write_metric_weights(dry / "weights" / "metrics", log=log)
+    run_yaml = write_run_config(dry / "dryrun.yaml", record["paths"], root, metric_paths=metric_paths)
     files = per_stage_files(run_yaml, dry / "stage-configs")
     log(f"run config: {run_yaml}")
     from ..data.check import check_data

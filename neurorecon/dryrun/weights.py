@@ -34,7 +34,7 @@ import torch
 
 __all__ = ["SD21_BASE_UNET", "SD21_VAE", "SD21_SCHEDULER", "UNCLIP_SMALL_UNET", "UNCLIP_NORMALIZER",
            "UNCLIP_NOISING_SCHEDULER", "UNCLIP_SCHEDULER", "LLAMA3_8B", "CLIP_H_MODEL", "CLIP_L_MODEL",
-           "write_weights", "random_state_dict", "count_params"]
+           "write_weights", "write_metric_weights", "random_state_dict", "count_params"]
 
 CLIP_H_MODEL = "ViT-H-14"            # SD 2.x's text encoder (laion2b_s32b_b79k weights in real use)
 CLIP_L_MODEL = "ViT-L-14-quickgelu"  # OpenAI CLIP ViT-L/14 (QuickGELU): Stable unCLIP small's image space
@@ -357,3 +357,44 @@ def write_weights(out, size="real", llm_layers=2, seed=0, log=print):
                   seconds={k: round(v, 1) for k, v in seconds.items()})
     _write_json(done, record)
     return record
+
+
+#: The evaluation's metric networks (``neurorecon/configs/evaluation.yaml`` keys) as torchvision builds them, and
+#: the file names they are published under (``swav`` holds a ResNet-50 with facebookresearch's "module." prefix).
+METRIC_NETWORKS = {"alexnet": ("alexnet", "alexnet-owt-7be5be79.pth"),
+                   "inception": ("inception_v3", "inception_v3_google-0cc3c7bd.pth"),
+                   "efficientnet": ("efficientnet_b1", "efficientnet_b1-c27df63c.pth"),
+                   "swav": ("resnet50", "swav_800ep_pretrain.pth.tar")}
+
+
+def write_metric_weights(out, seed=0, log=print):
+    """Random fp32 state dicts of the metric networks at their real sizes, saved with ``torch.save`` as their
+    publishers do; returns the evaluation config keys → file paths (files already there are kept)."""
+    import torchvision.models as tvm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for k, (key, (arch, name)) in enumerate(METRIC_NETWORKS.items()):
+        path = out / name
+        paths[key] = str(path)
+        if path.is_file():
+            continue
+        kw = dict(aux_logits=True, init_weights=False) if arch == "inception_v3" else {}
+        with torch.device("meta"):
+            model = getattr(tvm, arch)(weights=None, **kw)
+        state = random_state_dict(model, torch.float32, seed + 10 + k)
+        for n in state:  # batch-norm statistics of a usable network: unit variance, zero mean
+            if n.endswith("running_var"):
+                state[n] = torch.ones_like(state[n])
+            elif n.endswith("running_mean"):
+                state[n] = torch.zeros_like(state[n])
+            elif n.endswith("num_batches_tracked"):
+                state[n] = torch.zeros((), dtype=torch.long)
+        if key == "swav":
+            state = {f"module.{n}": v for n, v in state.items()}
+        tmp = path.with_name(path.name + ".partial")
+        torch.save(state, tmp)
+        tmp.replace(path)
+        log(f"  metric network {key} ({arch}): {count_params(state) / 1e6:.1f} M -> {path.name}")
+    return paths

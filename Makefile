@@ -60,7 +60,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/run.py
 
 ## The full profile at real sizes on this CPU: random weights in the real formats, a real-geometry NSD tree,
-## notebooks 01-08 with 1-2 steps; per-stage time, memory, parameters, FLOPs -> benchmarks/dryrun.csv (~15 GB disk).
+## notebooks 01-08 with 1-2 steps; per-stage time, memory, parameters, FLOPs -> benchmarks/dryrun.csv (~37 GB disk).
 dryrun: $(STAMP)
 	$(PY) -m neurorecon.dryrun
 

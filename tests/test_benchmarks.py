@@ -98,3 +98,38 @@ def test_bench_sampling_tiny():
     rows = bench_sampling.run(n_images=2, n_eval=4, cfg_steps=2, fast=("dpm++", 2), slow=("ddim", 3), repeats=1)
     _check(rows, 5)
     assert "untrained tiny_random_foundation" in rows[0]["note"]  # the test home has no demo foundation
+
+
+def test_probe_language_reads_what_features_encode():
+    """The language probes recover the asked attribute from features that encode it, and not from noise."""
+    import numpy as np
+
+    import probe_language as P
+    from neurorecon.nv2l.evaluate import qa_items
+    from neurorecon.simulate.scenes import COLORS, POSITIONS, SHAPES
+
+    rng = np.random.default_rng(3)
+    colors, shapes, size = list(COLORS), sorted(set(SHAPES)), 64
+    corners = {"left": (4, 24), "right": (44, 24), "top": (24, 4), "bottom": (24, 44), "center": (24, 24)}
+    ann = {}
+    for i in range(257):
+        where = rng.choice(POSITIONS, size=int(rng.integers(1, 4)), replace=False)
+        ann[i] = {"instances": [dict(category="ball", bbox=[*corners[p], 16, 16],
+                                     attributes=dict(position=str(p), color=colors[int(rng.integers(8))],
+                                                     shape=shapes[int(rng.integers(len(shapes)))]))
+                                for p in where]}
+    ids = np.arange(257)
+    labels = P.attribute_labels(ann, ids, size)
+    col, shp, count = labels["color"][0], labels["shape"][0], labels["count"][0]
+    assert col.shape == (257, 5) and (count == (col < len(colors)).sum(1)).all()
+    onehot = np.concatenate([np.eye(len(colors) + 1)[col].reshape(257, -1),
+                             np.eye(len(shapes) + 1)[shp].reshape(257, -1), np.eye(4)[count]], 1)
+    x = onehot @ rng.normal(size=(onehot.shape[1], 90)) + 0.05 * rng.normal(size=(257, 90))
+    train, test = ids[:200], ids[200:]
+    tr_labels = {k: (v[0][train], v[1]) for k, v in labels.items()}
+    items = qa_items(ann, test, size, seed=0)
+    assert set(items.type) == {"color", "shape", "count"}
+    encoded = P.probe_accuracy(x[train], tr_labels, x[test], test, items, train)
+    noise = P.probe_accuracy(rng.normal(size=(200, 90)), tr_labels, rng.normal(size=(57, 90)), test, items, train)
+    assert min(encoded.values()) > 0.9, encoded
+    assert noise["color"] < 0.4 and noise["shape"] < 0.4, noise

@@ -23,15 +23,15 @@ import argparse
 import numpy as np
 import torch
 
-from neurorecon import paths
+from neurorecon.artifacts import require_stage
 from neurorecon.config import load_config
 from neurorecon.data import open_store
 from neurorecon.data.stage import store_path
 from neurorecon.nv2l.baselines import fit_ridge
-from neurorecon.nv2l.encoder import image_means, test_voxels, training_trials
+from neurorecon.nv2l.encoder import test_voxels, training_trials
 from neurorecon.nv2l.evaluate import parse_counts, qa_items
 from neurorecon.nv2l.instructions import WHERE, scene_objects
-from neurorecon.nv2l.stage import LanguageConfig
+from neurorecon.nv2l.stage import LanguageConfig, _image_means
 from neurorecon.nv2l.vit3d import ViT3D
 from neurorecon.simulate.scenes import COLORS, POSITIONS, SHAPES
 
@@ -97,14 +97,12 @@ def run(profile="demo", subjects=None, vit3d=None, log=print):
     """Probe accuracies per input (rows) and question type, averaged over the evaluation subjects."""
     cfg = load_config(LanguageConfig, profile)
     store = open_store(store_path(profile))
-    folder = vit3d or paths.stage_dir(cfg.STAGE, profile) / "vit3d"
+    folder = vit3d or require_stage(cfg.STAGE, profile) / "vit3d"  # names notebook 06 if it has not run
     encoder = ViT3D.from_pretrained(folder).eval()
     train_subjects = list(cfg.subjects or store.subjects)
     subjects = list(subjects or cfg.eval_subjects or train_subjects)
     trials = training_trials(store, train_subjects)
-    keys = trials.subjects.astype(np.int64) * 10 ** 9 + trials.image_ids
-    x_train, uniq = image_means(trials.voxels, keys)
-    train_ids = uniq % 10 ** 9
+    x_train, train_ids = _image_means(trials)  # per (subject, image), as the stage's ridge baseline
     size = store.meta["image_size"]
     labels = attribute_labels(store.annotations, train_ids, size)
     kinds = ["voxels"] + [f"tokens after block {b}" for b in range(len(encoder.blocks))] + ["predicted"]
@@ -128,5 +126,4 @@ if __name__ == "__main__":
     p.add_argument("--subjects", default=None, help="evaluation subjects, e.g. 1,2 (default: the config's)")
     p.add_argument("--vit3d", default=None, help="a saved ViT3D folder (default: the language stage's)")
     a = p.parse_args()
-    torch.manual_seed(0)
     run(a.profile, [int(s) for s in a.subjects.split(",")] if a.subjects else None, a.vit3d)

@@ -3,6 +3,7 @@ table, stage metrics, caption metrics and ``neurorecon evaluate``."""
 
 import argparse
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -35,7 +36,8 @@ def alexnet_file(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("weights") / "alexnet-random.pth"
     torch.save(tvm.alexnet(weights=None).state_dict(), path)
-    return path
+    yield path
+    shutil.rmtree(path.parent, ignore_errors=True)  # 240 MB: not kept to the end of the session
 
 
 @pytest.fixture(scope="module")

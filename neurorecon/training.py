@@ -269,12 +269,18 @@ def save_checkpoint(accelerator, ckpt_dir, step, info):
         if target.exists():  # a killed earlier write of this very step
             shutil.rmtree(target)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(target))
+    omitted = []
+    handle = accelerator.register_save_state_pre_hook(
+        lambda models, weights, _dir: omitted.extend(_drop_frozen(models, weights)))
+    try:
+        accelerator.save_state(str(target))
+    finally:
+        handle.remove()
     accelerator.wait_for_everyone()
     if main:
         _phase("state-written")
         tmp = target / "step.json.tmp"
-        tmp.write_text(json.dumps({"step": int(step), **info}))
+        tmp.write_text(json.dumps({"step": int(step), "frozen_omitted": len(omitted), **info}))
         os.replace(tmp, target / "step.json")
         _phase("step-json-written")
         latest = ckpt_dir / "latest"
@@ -295,6 +301,54 @@ def save_checkpoint(accelerator, ckpt_dir, step, info):
     accelerator.wait_for_everyone()
 
 
+def _frozen_keys(model):
+    """State-dict keys of ``model``'s parameters that do not train (tied names included)."""
+    return {n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+
+
+def _drop_frozen(models, weights):
+    """Remove the frozen parameters from the state dicts accelerate is about to save (in place); returns their
+    keys. A checkpoint is for resuming a run that has the frozen weights already (the SD UNet under ControlNet
+    training, the bf16 LLM under LoRA: 16 GB per checkpoint at 8B), so it holds what training changes:
+    trainable parameters, buffers, optimizer and RNG states. (Under FSDP or DeepSpeed accelerate writes the
+    models itself and ``weights`` is empty: their checkpoints stay whole.)"""
+    dropped = []
+    for model, state in zip(models, weights):
+        keys = _frozen_keys(model) & set(state)
+        for k in keys:
+            del state[k]
+        dropped.extend(sorted(keys))
+    return dropped
+
+
+def _check_saved_keys(accelerator, folder):
+    """Before loading: a checkpoint without frozen weights must hold exactly this run's other keys (the strict
+    check that ``load_state(strict=False)`` gives up), else the runs train different parameters."""
+    from safetensors import safe_open
+
+    for i, model in enumerate(accelerator._models):
+        path = Path(folder) / (f"model_{i}.safetensors" if i else "model.safetensors")
+        if not path.is_file():
+            continue  # FSDP/DeepSpeed layouts, or a .bin checkpoint: accelerate loads those strictly
+        with safe_open(str(path), "pt") as f:
+            saved = set(f.keys())
+        everything = set(model.state_dict())
+        need = everything - _frozen_keys(model)
+        # accelerate's safetensors writer keeps one name of tied tensors: a saved key set may lack tied twins
+        if not saved <= everything or not (need - saved) <= _tied_twins(model, saved):
+            missing, extra = sorted(need - saved)[:5], sorted(saved - everything)[:5]
+            raise NeuroreconError(f"{path}: this checkpoint does not hold the parameters this run trains "
+                                  f"(missing {missing}, not in the model {extra}); resume with the same settings "
+                                  "or delete the folder to restart")
+
+
+def _tied_twins(model, saved):
+    """Keys whose tensor shares storage with a saved key (tied weights saved once)."""
+    state = model.state_dict()
+    ptrs = {state[k].data_ptr() for k in saved if k in state}
+    return {k for k, v in state.items() if k not in saved and v.data_ptr() in ptrs}
+
+
 def _read_info(folder):
     try:
         return json.loads((Path(folder) / "step.json").read_text())
@@ -311,7 +365,10 @@ def load_checkpoint(accelerator, ckpt_dir):
         return None
     try:
         info = json.loads((folder / "step.json").read_text())
-        accelerator.load_state(str(folder))
+        _check_saved_keys(accelerator, folder)
+        accelerator.load_state(str(folder), strict=False)  # frozen weights are not in it (see _drop_frozen)
+    except NeuroreconError:
+        raise
     except Exception as err:
         raise NeuroreconError(f"{folder}: expected a complete training checkpoint (accelerate state + step.json), "
                               f"found an unreadable one ({type(err).__name__}: {err}); delete the folder to "

@@ -2,6 +2,7 @@
 checkpointing, full fine-tuning in fp32, and adapter-only saving/loading (a tiny Llama stands in for Llama-3-8B)."""
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -99,6 +100,31 @@ def test_lora_on_a_bf16_base_trains_only_fp32_adapters_and_projector(base, tmp_p
     assert again.generate(vox[:8].numpy(), "What colour is it?", max_new_tokens=8) == answers
     with pytest.raises(DataError, match="base LM folder"):
         BrainLlava.from_pretrained(folder, base_lm=tmp_path / "nowhere")
+
+
+def test_a_lora_checkpoint_holds_adapters_and_projector_and_resumes_exactly(base, tmp_path):
+    """A stage-2 checkpoint is for resuming over the same frozen base: it leaves the base LM (and the frozen
+    ViT3D) out, which at Llama-3-8B's size is 16 GB of bf16 weights per checkpoint."""
+    from safetensors import safe_open
+
+    def run(ckpt_dir=None, stop_after=None):
+        llava = _llava(base)
+        data, vox = _data(llava)
+        train_llava_stage(llava, data, vox, 2, steps=6, batch_size=8, lr=3e-3, progress=False, lora_r=4,
+                          lora_alpha=8, lora_dropout=0.0, ckpt_dir=ckpt_dir, ckpt_every=2, stop_after=stop_after)
+        return {n: p.detach().clone() for n, p in llava.named_parameters() if p.requires_grad}
+
+    whole = run()
+    run(tmp_path / "ck", stop_after=3)
+    latest = tmp_path / "ck" / "latest"
+    with safe_open(str(latest / "model.safetensors"), "pt") as f:
+        saved = set(f.keys())
+    buffers = {n for n, _ in _llava(base).named_buffers()}  # (the ViT3D's normalisation statistics: kept)
+    assert saved and all(k.startswith("projector.") or ".lora_" in k for k in saved - buffers), sorted(saved)[:5]
+    assert {k for k in saved if ".lora_" in k} == {k for k in whole if ".lora_" in k}
+    assert json.loads((latest / "step.json").read_text())["frozen_omitted"] > 0
+    resumed = run(tmp_path / "ck")
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
 
 
 def test_gradient_checkpointing_gives_the_same_training(base):

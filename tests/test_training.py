@@ -72,6 +72,36 @@ def test_a_second_phase_on_the_same_accelerator_holds_only_its_own_model_and_opt
     assert len([n for n in saved if n.startswith("model")]) == 1, saved
 
 
+def _frozen_first_layer_run(ckpt_dir, steps=12, stop_after=None, freeze=("net.0.",)):
+    """The toy with its first layer frozen (as the SD UNet under ControlNet training, the LLM under LoRA)."""
+    from neurorecon.training import fit
+
+    model = train_worker.Toy()
+    for n, p in model.named_parameters():
+        p.requires_grad_(not n.startswith(freeze))
+    res = fit(model, lambda m, b, g: m(b["x"], b["y"], g), train_worker.toy_data(), steps=steps, batch_size=4,
+              lr=1e-2, ckpt_dir=ckpt_dir, ckpt_every=4, stop_after=stop_after, progress=False)
+    return model, res
+
+
+def test_checkpoints_hold_the_trained_parameters_and_not_the_frozen_ones(tmp_path):
+    from safetensors import safe_open
+
+    full, _ = _frozen_first_layer_run(None)
+    _frozen_first_layer_run(tmp_path / "ck", stop_after=6)
+    latest = tmp_path / "ck" / "latest"
+    with safe_open(str(latest / "model.safetensors"), "pt") as f:
+        assert sorted(f.keys()) == ["net.2.bias", "net.2.weight"]
+    assert json.loads((latest / "step.json").read_text())["frozen_omitted"] == 2
+    resumed, res = _frozen_first_layer_run(tmp_path / "ck")
+    assert res.resumed_from == 4 and _same(full, resumed)
+    assert torch.equal(resumed.net[0].weight, train_worker.Toy().net[0].weight)  # frozen: as built
+    # a run that trains other parameters cannot resume from it (the strict check strict=False would lose)
+    _frozen_first_layer_run(tmp_path / "ck2", stop_after=6)
+    with pytest.raises(NeuroreconError, match=r"model.safetensors: this checkpoint does not hold .*net\.0\.weight"):
+        _frozen_first_layer_run(tmp_path / "ck2", freeze=("net.2.",))
+
+
 def test_steps_follow_epochs_processes_and_accumulation():
     # the paper's pretraining: 80 epochs of ~67k pairs at 6 GPUs x 16 (not 336,000 steps, which is ~480 epochs)
     assert steps_for(80, 67000, 16, 6) == 55834

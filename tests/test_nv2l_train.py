@@ -5,10 +5,13 @@ import json
 import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+import torch
 
 from neurorecon.nv2l import report as R
 from neurorecon.nv2l.llava import BrainLlava
@@ -51,6 +54,12 @@ def test_entry_runs_the_stage_in_one_process(home, home_set_to, capsys):
     _check(folder)
     with pytest.raises(Exception, match="base LM folder"):  # the tiny LM has no folder to reload it from
         BrainLlava.from_pretrained(folder / "brain_llava")
+    # notebook 06's loader releases the foundation's LM before the saved LLaVA brings its own (one copy, not two)
+    fm = SimpleNamespace(lm=torch.nn.Linear(2, 2), device="cpu", extras={})
+    held = weakref.ref(fm.lm)
+    with pytest.raises(Exception, match="base LM folder"):
+        R.trained_llava(folder, fm)
+    assert fm.lm is None and held() is None
 
 
 @pytest.mark.slow

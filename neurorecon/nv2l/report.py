@@ -10,7 +10,7 @@ from .concepts import concept_maps as _concept_maps
 from .encoder import test_voxels
 from .instructions import annotated_categories, read_llava_json, scene_objects
 
-__all__ = ["load_outputs", "record_counts", "format_record", "dialogues", "concept_encoders", "concept_maps",
+__all__ = ["load_outputs", "record_counts", "format_record", "trained_llava", "dialogues", "concept_encoders", "concept_maps",
            "extraction_table", "encoder_table", "ablation_table", "specificity_table", "multi_object_image"]
 
 
@@ -36,6 +36,25 @@ def format_record(record):
         who = "human" if turn["from"] == "human" else "  gpt"
         lines.append(f"  {who}: {turn['value']}".replace("\n", " "))
     return "\n".join(lines)
+
+
+def trained_llava(folder, fm):
+    """The brain LLaVA a language stage saved (``folder / "brain_llava"``), on the foundation's device in its dtype.
+
+    The foundation's own LM is released first (``fm.lm`` becomes ``None``): the saved LLaVA brings its LM again (a
+    full fine-tune from ``lm/``, or its base folder plus the LoRA adapters), so keeping both would hold two copies
+    of the LLM (32 GB of bf16 weights at Llama-3-8B's size), and with ``lm_copy: false`` the stage has trained
+    ``fm.lm`` in place, so it is no longer the base anyway. Nothing else in the notebook needs ``fm.lm`` after this.
+    """
+    import gc
+
+    from .llava import BrainLlava
+
+    fm.lm = None
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return BrainLlava.from_pretrained(folder / "brain_llava", fm.device, fm.extras.get("dtype"))
 
 
 def dialogues(llava, store, subject, test_records, n=3, max_new_tokens=32):

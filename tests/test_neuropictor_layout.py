@@ -122,6 +122,31 @@ def test_official_one_trial_per_image_sampling(tmp_path):
     np.testing.assert_array_equal(avg_ids, [3, 5, 7, 9])
 
 
+@pytest.mark.parametrize("repetitions", ["average", "last"])
+def test_training_maps_are_written_once_and_memory_mapped(tmp_path, repetitions):
+    """Pretraining's per-image maps go to one .npy per subject that every rank memory-maps (held per process,
+    real NSD's would be 9.4 GB on each rank); the files equal the in-memory maps and are reused, not rewritten."""
+    from neurorecon.neuropictor.data import subject_pairs, training_maps
+
+    root, _ = write_release(tmp_path / "release")
+    store = open_store(prepare_neuropictor(root, tmp_path / "store", progress=False))
+    maps, ids = training_maps(store, store.subjects, repetitions, tmp_path / "cache")
+    for s, m, i in zip(store.subjects, maps, ids):
+        want_maps, want_ids = subject_pairs(store, s, repetitions)
+        assert isinstance(m, np.memmap) and m.dtype == want_maps.dtype
+        np.testing.assert_array_equal(i, want_ids)
+        np.testing.assert_array_equal(np.asarray(m), want_maps)
+    files = sorted((tmp_path / "cache").glob(f"flat_{repetitions}_subj*.npy"))
+    assert len(files) == 2 * len(store.subjects) and not list((tmp_path / "cache").glob("*.partial*"))
+    stamp = {p: p.stat().st_mtime_ns for p in files}
+    training_maps(store, store.subjects, repetitions, tmp_path / "cache")
+    assert {p: p.stat().st_mtime_ns for p in files} == stamp  # reused
+    s = store.subjects[0]
+    np.save(tmp_path / "cache" / f"flat_{repetitions}_subj{s:02d}_ids.npy", np.array([1, 2]))  # not this store's
+    maps, ids = training_maps(store, [s], repetitions, tmp_path / "cache")
+    np.testing.assert_array_equal(ids[0], subject_pairs(store, s, repetitions)[1])  # rebuilt
+
+
 def test_gradient_clipping_option_reaches_fit(monkeypatch):
     import types
 

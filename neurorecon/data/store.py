@@ -40,8 +40,11 @@ __all__ = ["FORMAT_VERSION", "PreparedSubject", "PreparedStore", "load_prepared"
 FORMAT_VERSION = 1
 
 
-def average_by_image(values, image_ids, dtype=np.float32, chunk_bytes=2 ** 27):
+def average_by_image(values, image_ids, dtype=np.float32, chunk_bytes=2 ** 27, out=None):
     """Mean of the rows of ``values`` per image: returns (sorted unique ids, (n_ids, ...) means in ``dtype``).
+
+    ``out``, optional: a callable ``(shape, dtype) -> array`` the means are written into (block by block; e.g. a
+    ``.npy`` memory map, so that not even the output is held in memory).
 
     ``values`` may be memory-mapped: it is read a block of images at a time (about ``chunk_bytes`` of float64
     per block), so memory stays at the output plus one block. Each mean is summed in float64 in trial order,
@@ -55,7 +58,8 @@ def average_by_image(values, image_ids, dtype=np.float32, chunk_bytes=2 ** 27):
     ends = np.cumsum(counts)
     row = int(np.prod(values.shape[1:], dtype=np.int64))
     per_block = max(1, int(chunk_bytes // (8 * max(row, 1) * max(int(counts.max(initial=1)), 1))))
-    out = np.empty((len(ids),) + tuple(values.shape[1:]), dtype=dtype)
+    shape = (len(ids),) + tuple(values.shape[1:])
+    out = np.empty(shape, dtype=dtype) if out is None else out(shape, np.dtype(dtype))
     for a in range(0, len(ids), per_block):
         b = min(a + per_block, len(ids))
         rows = order[(ends[a - 1] if a else 0):ends[b - 1]]

@@ -40,7 +40,7 @@ from ..distributed import main_writer, require_unsharded
 from ..encoding import load_encoder
 from ..errors import ConfigError
 from ..training import checkpoint_root, fit, make_accelerator, remove_checkpoints, resolve_steps
-from .data import REPETITIONS, PairBatches, cache_latents, caption_lists, subject_pairs
+from .data import REPETITIONS, PairBatches, cache_latents, caption_lists, training_maps
 from .evaluate import (SampleSettings, evaluate_reconstructions, load_pipeline, pipeline_from_model,
                        reconstruct, save_model)
 from .metrics import image_metrics
@@ -213,7 +213,7 @@ def train_neuropictor(model, data, fm, *, steps, batch_size, lr, weight_decay, s
 def _pairs(fm, store, subjects, repetitions, cache, acc, batch, captions=False):
     """The training pairs; the VAE encodes ``batch`` images at a time (the config's ``eval_batch``: at 512 px a
     batch of 64 needs over 10 GB of activations)."""
-    maps, ids = zip(*[subject_pairs(store, s, repetitions) for s in subjects])
+    maps, ids = training_maps(store, subjects, repetitions, cache, acc)  # memory-mapped, written once
     latent_ids = np.unique(np.concatenate(ids))
     latents = cache_latents(fm, store, latent_ids, cache, acc, batch_size=batch)
     caps = caption_lists(store, latent_ids) if captions else None

@@ -73,8 +73,8 @@ def test_reconstructor_shapes_and_determinism_on_the_tiny_foundation():
 
 
 def test_targets_read_and_encoded_a_batch_at_a_time():
-    """batch_size (ridge_batch): the images are read and encoded a few at a time (at 512 px a batch of 64 outgrew
-    the dry run's memory) and give the maps of one pass."""
+    """batch_size (ridge_batch): the VAE encodes a few images at a time (at 512 px a batch of 64 outgrew the dry
+    run's memory), the text tower its own larger batches of captions, and the maps are those of one pass."""
     fm = tiny_random_foundation(image_size=32, with_lm=False)
     rng = np.random.default_rng(5)
     images = rng.integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
@@ -89,8 +89,14 @@ def test_targets_read_and_encoded_a_batch_at_a_time():
     kw = dict(average=True, n_folds=3, alphas=(1.0,))
     whole = fit_ridge_reconstructor(fm, betas, ids, get_images, lambda i: [f"ball {i}"], **kw)
     assert reads == [7]
-    few = fit_ridge_reconstructor(fm, betas, ids, get_images, lambda i: [f"ball {i}"], batch_size=3, **kw)
-    assert reads[1:] == [3, 3, 1]
+    vae, text = [], []
+    encode, tokens = fm.encode_images, fm.text_tokens
+    fm.encode_images = lambda x: (vae.append(len(x)), encode(x))[1]
+    fm.text_tokens = lambda t, **k: (text.append(len(t)), tokens(t, **k))[1]
+    few = fit_ridge_reconstructor(fm, betas, ids, get_images, lambda i: [f"ball {i}"], batch_size=3, text_batch=2,
+                                  **kw)
+    # images are read 64 at a time; the VAE takes batch_size of them, the text tower text_batch captions
+    assert reads[1:] == [7] and vae == [3, 3, 1] and text == [2, 2, 2, 1]
     (za, ca), (zb, cb) = whole.predict(betas[:3]), few.predict(betas[:3])
     np.testing.assert_allclose(np.asarray(zb), np.asarray(za), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(cb), np.asarray(ca), rtol=1e-5, atol=1e-5)

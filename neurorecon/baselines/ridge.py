@@ -180,7 +180,7 @@ def training_samples(betas, image_ids, average=True):
 
 
 @torch.no_grad()
-def image_targets(fm, images, captions, batch_size=64):
+def image_targets(fm, images, captions, batch_size=64, text_batch=256):
     """Targets of each image: the VAE latent (n, C, h, w) and the mean of its captions' text tokens (n, L, D).
 
     Parameters
@@ -189,6 +189,11 @@ def image_targets(fm, images, captions, batch_size=64):
     images : uint8 (n, H, W, 3)
     captions : list of list of str
         Captions of each image.
+    batch_size : int
+        Images through the VAE at a time.
+    text_batch : int
+        Captions through the text tower at a time (its activations are small: the VAE's batch would make it
+        run ~3x slower at the full profile's 4).
     """
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} caption lists")
@@ -197,7 +202,7 @@ def image_targets(fm, images, captions, batch_size=64):
     counts = [len(caps) for caps in captions]
     if min(counts) < 1:
         raise ValueError("every image needs at least one caption")
-    tok = torch.cat([fm.text_tokens(flat[i:i + batch_size]).float() for i in range(0, len(flat), batch_size)])
+    tok = torch.cat([fm.text_tokens(flat[i:i + text_batch]).float() for i in range(0, len(flat), text_batch)])
     split = torch.split(tok, counts)
     return lat.cpu().numpy(), torch.stack([t.mean(0) for t in split]).cpu().numpy()
 
@@ -263,7 +268,7 @@ class RidgeReconstructor:
 
 
 def fit_ridge_reconstructor(fm, betas, image_ids, get_images, get_captions, average=True, alphas=ALPHAS, n_folds=5,
-                            seed=0, latent_columns=None, text_columns=None, batch_size=64):
+                            seed=0, latent_columns=None, text_columns=None, batch_size=64, text_batch=256):
     """Fit both ridge maps on training data.
 
     Parameters
@@ -283,8 +288,10 @@ def fit_ridge_reconstructor(fm, betas, image_ids, get_images, get_captions, aver
     latent_columns, text_columns : array of int, optional
         Voxel columns of each map (None: every voxel).
     batch_size : int
-        Images read and encoded (VAE, text tower) at a time: at 512 px the VAE's activations take ~0.3 GB per
-        image, and a subject's ~9,000 NSD training images are ~5 GB as uint8.
+        Images through the VAE at a time: at 512 px its activations take ~0.3 GB per image.
+    text_batch : int
+        Captions through the text tower at a time. Images are read ``max(batch_size, 64)`` at a time (a
+        subject's ~9,000 NSD training images are ~5 GB as uint8), so the text tower is not held to the VAE's batch.
 
     Returns
     -------
@@ -292,8 +299,9 @@ def fit_ridge_reconstructor(fm, betas, image_ids, get_images, get_captions, aver
     """
     x, ids = training_samples(betas, image_ids, average)
     uniq, inverse = np.unique(ids, return_inverse=True)
-    parts = [image_targets(fm, get_images(chunk), [list(get_captions(int(i))) for i in chunk], batch_size)
-             for chunk in (uniq[a:a + batch_size] for a in range(0, len(uniq), batch_size))]
+    read = max(int(batch_size), 64)
+    parts = [image_targets(fm, get_images(chunk), [list(get_captions(int(i))) for i in chunk], batch_size, text_batch)
+             for chunk in (uniq[a:a + read] for a in range(0, len(uniq), read))]
     lat, tok = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     lat, tok = lat[inverse], tok[inverse]
     pick = RidgeReconstructor._cols

@@ -101,10 +101,13 @@ def test_bench_sampling_tiny():
 
 
 def test_probe_language_reads_what_features_encode():
-    """The language probes recover the asked attribute from features that encode it, and not from noise."""
+    """The language probes recover the asked attribute from features that encode it, and not from noise; the
+    oracle codes of oracle_language.py hold the same answers."""
     import numpy as np
 
     import probe_language as P
+    import torch
+
     from neurorecon.nv2l.evaluate import qa_items
     from neurorecon.simulate.scenes import COLORS, POSITIONS, SHAPES
 
@@ -133,3 +136,19 @@ def test_probe_language_reads_what_features_encode():
     noise = P.probe_accuracy(rng.normal(size=(200, 90)), tr_labels, rng.normal(size=(57, 90)), test, items, train)
     assert min(encoded.values()) > 0.9, encoded
     assert noise["color"] < 0.4 and noise["shape"] < 0.4, noise
+
+    # the oracle of benchmarks/oracle_language.py holds the same answers in the ViT3D's token layout
+    import oracle_language as O
+
+    for layout in O.LAYOUTS:
+        codes = O.oracle_codes(ann, ids, size, n_tokens=7, width=24, layout=layout)
+        assert codes.shape == (257, 7 * 24) and codes.dtype == np.float32
+        assert min(P.probe_accuracy(codes[train], tr_labels, codes[test], test, items, train).values()) > 0.9
+    tokens = O.OracleEncoder(7, 24).features(torch.from_numpy(codes[:3]))
+    # factorised: token p changes only with position p's object (token 5, the count; token 6, a signature)
+    same = O.oracle_codes(ann, ids, size, 7, 24, "factorised").reshape(257, 7, 24)
+    assert tokens.shape == (3, 7, 24) and np.allclose(same[:, 6], same[0, 6])
+    empty = col[:, 0] == len(colors)
+    assert np.allclose(same[empty, 0], same[empty][0, 0])
+    with pytest.raises(ValueError, match="more than 5 tokens"):
+        O.oracle_codes(ann, ids, size, 5, 24, "factorised")

@@ -52,8 +52,8 @@ from .llava import BrainLlava, llava_batches, train_llava_stage
 from .long_answers import LONG_TYPES, evaluate_long_answers
 from .tuning import LORA_TARGETS, trainable_summary
 
-__all__ = ["LanguageConfig", "run_language_stage", "checkpoint_dir", "load_lm", "caption_table",
-           "qa_table", "long_answer_table", "save_concept_maps"]
+__all__ = ["LanguageConfig", "run_language_stage", "train_brain_llava", "checkpoint_dir", "load_lm",
+           "caption_table", "qa_table", "long_answer_table", "save_concept_maps"]
 
 METHODS = ("brain_llava", "nn_caption", "shuffled_fmri")
 #: What the language stage uses of the foundation: CLIP ViT-L/14 (targets, concepts), SD's VAE (latent targets),
@@ -258,12 +258,14 @@ def _evaluate_captions(w, cfg, llava, store, subjects, ridge, bank, scorer, log)
     return pd.DataFrame(rows)
 
 
-def _evaluate_qa(w, cfg, llava, store, subjects, train_ids):
+def _evaluate_qa(w, cfg, llava, store, subjects, train_ids, voxels_of=test_voxels):
+    """QA accuracy per subject and type, real vs shuffled fMRI (``voxels_of(store, subject)``: the test inputs
+    and their image ids) and the majority chance, into ``w``; returns the answers."""
     size = store.meta["image_size"]
     train_items = qa_items(store.annotations, train_ids, size, cfg.seed)
     frames, acc = [], {"brain_llava": [], "shuffled_fmri": [], "chance": []}
     for s in subjects:
-        x, ids = test_voxels(store, s)
+        x, ids = voxels_of(store, s)
         items = qa_items(store.annotations, ids, size, cfg.seed)
         if items.empty:
             continue
@@ -512,38 +514,7 @@ def _run(cfg, fm, progress, log, acc):
             log(f"ViT3D: {steps} steps in {timings['encoder']:.0f} s; mean top-1 {enc.top1_brain2image.mean():.3f} "
                 f"(chance {enc.chance.mean():.3f}), latent r {enc.latent_r.mean():.3f}")
 
-        t = time.time()
-        lm, tok = load_lm(cfg, fm)
-        torch.manual_seed(cfg.seed + 1)
-        llava = BrainLlava(encoder, lm, tok, cfg.feature_layer, cfg.projector, cfg.projector_tokens)
-        max_pos = getattr(lm.config, "max_position_embeddings", None) or 10 ** 6
-        max_len = max(16, min(cfg.max_text_tokens, max_pos - encoder.n_tokens))
-        vox = torch.from_numpy(trials.voxels)
-        for stage, types, epochs, st, batch, lr in (
-                (1, cfg.stage1_types, cfg.stage1_epochs, cfg.stage1_steps, cfg.stage1_batch, cfg.stage1_lr),
-                (2, cfg.stage2_types, cfg.stage2_epochs, cfg.stage2_steps, cfg.stage2_batch, cfg.stage2_lr)):
-            records = [r for r in tr if r["type"] in types]
-            data = llava_batches(records, tok, trials.trials_of, max_len)
-            steps, record = _steps(cfg, len(records), epochs, st, batch, f"stage{stage}_steps")
-            res = train_llava_stage(llava, data, vox, stage, steps=steps, batch_size=batch, lr=lr, seed=cfg.seed,
-                                    fmri=cfg.llava_fmri, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                    lora_dropout=cfg.lora_dropout,
-                                    lora_targets=cfg.lora_targets, gradient_checkpointing=cfg.gradient_checkpointing,
-                                    grad_accum=cfg.grad_accum, ckpt_dir=checkpoint_dir(cfg, f"llava{stage}"),
-                                    ckpt_every=cfg.ckpt_every, mixed_precision=cfg.mixed_precision,
-                                    progress=progress, accelerator=acc)
-            llava = res.model  # (under FSDP an unsharded copy of the sharded model, as every rank goes on)
-            params = trainable_summary(llava)
-            w.add_metric("brain_llava", "all", "train", f"stage{stage}_trainable_params", params["trainable"])
-            w.add_metric("brain_llava", "all", "train", f"stage{stage}_frozen_params", params["frozen"])
-            losses[f"LLaVA stage {stage}"] = res.losses
-            for k, v in dict(record, resumed_from=res.resumed_from).items():
-                w.add_metric("brain_llava", "all", "train", f"stage{stage}_{k}", v)
-            w.add_metric("brain_llava", "all", "train", f"stage{stage}_final_loss", res.losses[-1][1])
-            timings[f"llava_stage{stage}"] = time.time() - t
-            log(f"LLaVA stage {stage}: {len(records)} records, {steps} steps in {timings[f'llava_stage{stage}']:.0f} s, "
-                f"loss {res.losses[0][1]:.3f} -> {res.losses[-1][1]:.3f}")
-            t = time.time()
+        llava = train_brain_llava(cfg, encoder, fm, tr, trials, acc, w, losses, timings, progress, log)
         encoder = llava.encoder  # the one in the trained LLaVA (under FSDP a copy)
         if not main:
             return
@@ -586,6 +557,51 @@ def _run(cfg, fm, progress, log, acc):
         (w.path / "notes.json").write_text(json.dumps(notes, indent=1))
         for k, v in timings.items():
             w.add_metric("timing", "all", "all", f"seconds_{k}", v)
+
+
+def train_brain_llava(cfg, encoder, fm, records, trials, acc, w, losses, timings, progress=True, log=print,
+                      ckpt=True):
+    """The brain LLaVA of ``cfg`` over ``encoder`` (frozen), trained in the config's two stages on ``records``
+    (the instruction data) with the fMRI of ``trials``; its metrics go to ``w`` (a :class:`StageWriter`, or
+    anything with its ``add_metric``), loss curves and seconds into the dicts ``losses`` and ``timings``.
+
+    ``encoder`` is anything with the ViT3D's ``features(voxels, layer)``, ``n_tokens`` and ``width`` (the
+    oracle of ``benchmarks/oracle_language.py`` stands in for it); ``ckpt=False`` trains without checkpoints.
+    Returns the trained LLaVA (under FSDP an unsharded copy, as every rank goes on)."""
+    t = time.time()
+    lm, tok = load_lm(cfg, fm)
+    torch.manual_seed(cfg.seed + 1)
+    llava = BrainLlava(encoder, lm, tok, cfg.feature_layer, cfg.projector, cfg.projector_tokens)
+    max_pos = getattr(lm.config, "max_position_embeddings", None) or 10 ** 6
+    max_len = max(16, min(cfg.max_text_tokens, max_pos - encoder.n_tokens))
+    vox = torch.from_numpy(trials.voxels)
+    for stage, types, epochs, st, batch, lr in (
+            (1, cfg.stage1_types, cfg.stage1_epochs, cfg.stage1_steps, cfg.stage1_batch, cfg.stage1_lr),
+            (2, cfg.stage2_types, cfg.stage2_epochs, cfg.stage2_steps, cfg.stage2_batch, cfg.stage2_lr)):
+        chosen = [r for r in records if r["type"] in types]
+        data = llava_batches(chosen, tok, trials.trials_of, max_len)
+        steps, record = _steps(cfg, len(chosen), epochs, st, batch, f"stage{stage}_steps")
+        res = train_llava_stage(llava, data, vox, stage, steps=steps, batch_size=batch, lr=lr, seed=cfg.seed,
+                                fmri=cfg.llava_fmri, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                lora_dropout=cfg.lora_dropout,
+                                lora_targets=cfg.lora_targets, gradient_checkpointing=cfg.gradient_checkpointing,
+                                grad_accum=cfg.grad_accum,
+                                ckpt_dir=checkpoint_dir(cfg, f"llava{stage}") if ckpt else None,
+                                ckpt_every=cfg.ckpt_every, mixed_precision=cfg.mixed_precision,
+                                progress=progress, accelerator=acc)
+        llava = res.model  # (under FSDP an unsharded copy of the sharded model, as every rank goes on)
+        params = trainable_summary(llava)
+        w.add_metric("brain_llava", "all", "train", f"stage{stage}_trainable_params", params["trainable"])
+        w.add_metric("brain_llava", "all", "train", f"stage{stage}_frozen_params", params["frozen"])
+        losses[f"LLaVA stage {stage}"] = res.losses
+        for k, v in dict(record, resumed_from=res.resumed_from).items():
+            w.add_metric("brain_llava", "all", "train", f"stage{stage}_{k}", v)
+        w.add_metric("brain_llava", "all", "train", f"stage{stage}_final_loss", res.losses[-1][1])
+        timings[f"llava_stage{stage}"] = time.time() - t
+        log(f"LLaVA stage {stage}: {len(chosen)} records, {steps} steps in {timings[f'llava_stage{stage}']:.0f} s, "
+            f"loss {res.losses[0][1]:.3f} -> {res.losses[-1][1]:.3f}")
+        t = time.time()
+    return llava
 
 
 def _image_means(trials):

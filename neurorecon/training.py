@@ -308,8 +308,8 @@ def _frozen_keys(model):
 
 def _drop_frozen(models, weights):
     """Remove the frozen parameters from the state dicts accelerate is about to save (in place); returns their
-    keys. A checkpoint is for resuming a run that has the frozen weights already (the SD UNet under ControlNet
-    training, the bf16 LLM under LoRA: 16 GB per checkpoint at 8B), so it holds what training changes:
+    keys. A checkpoint is for resuming a run that has the frozen weights already (the bf16 LLM under LoRA, 16 GB
+    per checkpoint at 8B; the frozen ViT3D of the brain LLaVA), so it holds what training changes:
     trainable parameters, buffers, optimizer and RNG states. (Under FSDP or DeepSpeed accelerate writes the
     models itself and ``weights`` is empty: their checkpoints stay whole.)"""
     dropped = []
@@ -332,19 +332,19 @@ def _check_saved_keys(accelerator, folder):
             continue  # FSDP/DeepSpeed layouts, or a .bin checkpoint: accelerate loads those strictly
         with safe_open(str(path), "pt") as f:
             saved = set(f.keys())
-        everything = set(model.state_dict())
+        state = model.state_dict()
+        everything = set(state)
         need = everything - _frozen_keys(model)
         # accelerate's safetensors writer keeps one name of tied tensors: a saved key set may lack tied twins
-        if not saved <= everything or not (need - saved) <= _tied_twins(model, saved):
+        if not saved <= everything or not (need - saved) <= _tied_twins(state, saved):
             missing, extra = sorted(need - saved)[:5], sorted(saved - everything)[:5]
             raise NeuroreconError(f"{path}: this checkpoint does not hold the parameters this run trains "
                                   f"(missing {missing}, not in the model {extra}); resume with the same settings "
                                   "or delete the folder to restart")
 
 
-def _tied_twins(model, saved):
-    """Keys whose tensor shares storage with a saved key (tied weights saved once)."""
-    state = model.state_dict()
+def _tied_twins(state, saved):
+    """Keys of ``state`` whose tensor shares storage with a saved key (tied weights saved once)."""
     ptrs = {state[k].data_ptr() for k in saved if k in state}
     return {k for k, v in state.items() if k not in saved and v.data_ptr() in ptrs}
 

@@ -127,6 +127,30 @@ def test_a_lora_checkpoint_holds_adapters_and_projector_and_resumes_exactly(base
     assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
 
 
+def test_a_full_fine_tuning_checkpoint_with_tied_embeddings_resumes_exactly(base, tmp_path):
+    """Every LM weight trains (lora_r 0): the checkpoint keeps them, the tied input/output embedding once (as
+    accelerate's safetensors writer does), and the key check accepts the missing tied twin."""
+    from safetensors import safe_open
+
+    def run(ckpt_dir=None, stop_after=None):
+        llava = _llava(base, torch.float32)
+        assert llava.lm.config.tie_word_embeddings
+        data, vox = _data(llava)
+        train_llava_stage(llava, data, vox, 2, steps=4, batch_size=8, lr=1e-3, progress=False, lora_r=0,
+                          ckpt_dir=ckpt_dir, ckpt_every=2, stop_after=stop_after)
+        return {n: p.detach().clone() for n, p in llava.named_parameters() if p.requires_grad}
+
+    whole = run()
+    run(tmp_path / "ck", stop_after=3)
+    with safe_open(str(tmp_path / "ck" / "latest" / "model.safetensors"), "pt") as f:
+        saved = set(f.keys())
+    assert any(k.startswith("lm.") for k in saved)
+    pair = {"lm.lm_head.weight", "lm.model.embed_tokens.weight"}
+    assert pair <= set(_llava(base).state_dict()) and len(pair & saved) == 1  # one name of the tied pair
+    resumed = run(tmp_path / "ck")
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
 def test_gradient_checkpointing_gives_the_same_training(base):
     a, b = _llava(base, torch.float32), _llava(base, torch.float32)
     data, vox = _data(a)

@@ -87,15 +87,10 @@ def training_maps(store, subjects, repetitions, folder=None, accelerator=None):
         if k % num != rank or valid(path, ids_path, s):
             continue
         tmp = path.with_name(path.name.replace(".npy", ".partial.npy"))
-        held = []
-
-        def to_file(shape, dtype):
-            held.append(np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape))
-            return held[0]
-
-        _, ids = subject_pairs(store, s, repetitions, out=to_file)
-        held[0].flush()
-        del held[:]
+        maps, ids = subject_pairs(store, s, repetitions, out=lambda shape, dtype: np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=dtype, shape=shape))  # the maps it returns are that memory map
+        maps.flush()
+        del maps
         np.save(ids_path, ids)
         tmp.replace(path)
     if accelerator is not None:

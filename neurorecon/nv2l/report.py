@@ -10,8 +10,8 @@ from .concepts import concept_maps as _concept_maps
 from .encoder import test_voxels
 from .instructions import annotated_categories, read_llava_json, scene_objects
 
-__all__ = ["load_outputs", "record_counts", "format_record", "trained_llava", "dialogues", "concept_encoders", "concept_maps",
-           "extraction_table", "encoder_table", "ablation_table", "specificity_table", "multi_object_image"]
+__all__ = ["load_outputs", "record_counts", "format_record", "trained_llava", "dialogues", "concept_encoders",
+           "concept_maps", "extraction_table", "encoder_table", "ablation_table", "specificity_table", "multi_object_image"]
 
 
 def load_outputs(folder):

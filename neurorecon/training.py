@@ -46,7 +46,8 @@ from .distributed import full_state_dict, is_sharded, load_unsharded, meta_copy
 from .dryrun.probe import step_probe
 from .errors import ConfigError, NeuroreconError
 
-__all__ = ["TrainResult", "fit", "ArrayBatches", "make_accelerator", "epoch_order", "steps_for", "resolve_steps",
+__all__ = ["TrainResult", "fit", "lr_at", "LR_SCHEDULES", "ArrayBatches", "LengthGroupedBatches",
+           "length_grouped_order", "make_accelerator", "epoch_order", "steps_for", "resolve_steps",
            "checkpoint_key", "checkpoint_root", "remove_checkpoints", "save_checkpoint", "load_checkpoint"]
 
 
@@ -83,6 +84,45 @@ class ArrayBatches:
 def epoch_order(n, seed, epoch):
     """The data order of one epoch (same on every process)."""
     return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def length_grouped_order(lengths, seed, epoch, global_batch, megabatch=50):
+    """:func:`epoch_order` regrouped so that every global batch holds samples of similar length.
+
+    The epoch's random order is cut into runs of ``megabatch`` global batches, each run is sorted by length and
+    cut into global batches, and those batches are shuffled (the grouping of ``group_by_length`` in transformers'
+    Trainer and LLaVA): a batch is padded to its longest sample, so mixing short and long ones wastes compute.
+    Returns a permutation of ``range(len(lengths))``; a tail shorter than one global batch comes last.
+    """
+    lengths = np.asarray(lengths)
+    order = epoch_order(len(lengths), seed, epoch)
+    run = int(global_batch) * int(megabatch)
+    order = np.concatenate([chunk[np.argsort(lengths[chunk], kind="stable")]
+                            for chunk in np.array_split(order, range(run, len(order), run))])
+    full = len(order) // global_batch * global_batch
+    blocks = order[:full].reshape(-1, global_batch)
+    blocks = blocks[np.random.default_rng([seed, epoch, 1]).permutation(len(blocks))]
+    return np.concatenate([blocks.ravel(), order[full:]])
+
+
+class LengthGroupedBatches(ArrayBatches):
+    """:class:`ArrayBatches` whose epochs are ordered by :func:`length_grouped_order` of ``lengths``.
+
+    Parameters
+    ----------
+    lengths : array (n,)
+        The length of each sample (what its batch is padded to).
+    transform, **fields : as :class:`ArrayBatches`.
+    """
+
+    def __init__(self, lengths, transform=None, **fields):
+        super().__init__(transform, **fields)
+        if len(lengths) != len(self):
+            raise ValueError(f"lengths has {len(lengths)} entries for {len(self)} samples")
+        self.lengths = np.asarray(lengths)
+
+    def epoch_order(self, seed, epoch, global_batch):
+        return length_grouped_order(self.lengths, seed, epoch, global_batch)
 
 
 def steps_for(epochs, n_samples, batch_size, num_processes=1, grad_accum=1):
@@ -376,9 +416,31 @@ def load_checkpoint(accelerator, ckpt_dir):
     return info
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_at(lr, steps, schedule="constant", warmup_ratio=0.0):
+    """``step -> learning rate`` of :func:`fit` (``schedule`` and ``warmup_ratio`` as there)."""
+    if schedule not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule {schedule!r}: expected one of {', '.join(LR_SCHEDULES)}")
+    if not 0.0 <= float(warmup_ratio) < 1.0:
+        raise ConfigError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
+    warm = int(math.ceil(float(warmup_ratio) * steps))
+
+    def rate(step):
+        if step < warm:
+            return lr * (step + 1) / (warm + 1)
+        if schedule == "constant":
+            return lr
+        return lr * 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
+
+    return rate
+
+
 def fit(model, loss_fn, data, *, steps, batch_size, lr, weight_decay=0.01, seed=0, params=None, ckpt_dir=None,
         ckpt_every=0, mixed_precision="no", gradient_checkpointing=False, max_grad_norm=1.0, desc="train",
-        progress=True, log_every=1, stop_after=None, accelerator=None, grad_accum=1):
+        progress=True, log_every=1, stop_after=None, accelerator=None, grad_accum=1, lr_schedule="constant",
+        warmup_ratio=0.0):
     """Train ``model`` for ``steps`` optimizer steps; resumes from ``ckpt_dir`` if it holds a checkpoint.
 
     Parameters
@@ -388,9 +450,14 @@ def fit(model, loss_fn, data, *, steps, batch_size, lr, weight_decay=0.01, seed=
         ``loss_fn(model, batch, generator) -> scalar tensor``. It must call ``model(...)`` (the wrapped module
         it is given) rather than its submodules, so that DDP synchronises gradients across processes.
     data : batch source
-        ``len(data)`` and ``data.batch(indices) -> dict of tensors``.
-    steps, batch_size, lr, weight_decay : training recipe (AdamW, no schedule); ``batch_size`` per process and
-        micro-batch.
+        ``len(data)`` and ``data.batch(indices) -> dict of tensors``; an ``epoch_order(seed, epoch, global_batch)``
+        method, if it has one, orders its epochs (:class:`LengthGroupedBatches`), else :func:`epoch_order`.
+    steps, batch_size, lr, weight_decay : training recipe (AdamW); ``batch_size`` per process and micro-batch.
+    lr_schedule : {"constant", "cosine"}
+        ``lr`` throughout, or a linear warm-up over the first ``warmup_ratio`` of the steps then a cosine decay to
+        zero (LLaVA's recipe). The rate is a function of the step alone, so a resumed run continues the curve.
+    warmup_ratio : float
+        Share of the steps spent warming up (either schedule).
     grad_accum : int
         Micro-batches per optimizer step (the global batch is ``batch_size × processes × grad_accum``).
     params : iterable, optional
@@ -413,6 +480,7 @@ def fit(model, loss_fn, data, *, steps, batch_size, lr, weight_decay=0.01, seed=
     if gradient_checkpointing and hasattr(model, "enable_gradient_checkpointing"):
         model.enable_gradient_checkpointing()
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    rate = lr_at(lr, steps, lr_schedule, warmup_ratio)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     original, skeleton = model, (meta_copy(model) if is_sharded(acc) else None)
     with _wrap_present_layers(acc, model):
@@ -446,10 +514,13 @@ def fit(model, loss_fn, data, *, steps, batch_size, lr, weight_decay=0.01, seed=
                initial=start, total=steps)
     for step in bar:
         epoch, pos = divmod(step, per_epoch)
-        order = epoch_order(n, seed, epoch)
+        order = (data.epoch_order(seed, epoch, global_batch) if hasattr(data, "epoch_order")
+                 else epoch_order(n, seed, epoch))
         chunk = order[pos * global_batch:(pos + 1) * global_batch]
         if len(chunk) < global_batch:  # fewer samples than one global batch: sample with wrap-around
             chunk = np.resize(order, global_batch)
+        for group in opt.param_groups:
+            group["lr"] = rate(step)
         with probe.step(step) if probe else contextlib.nullcontext():
             total = 0.0
             for k in range(grad_accum):

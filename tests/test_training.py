@@ -40,6 +40,49 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
     assert _same(full, fresh)
 
 
+def test_cosine_schedule_warms_up_decays_and_resumes_on_the_same_curve(tmp_path):
+    from neurorecon.training import lr_at
+
+    rate = lr_at(1.0, 100, "cosine", 0.1)
+    curve = [rate(s) for s in range(100)]
+    assert curve[0] < curve[5] < curve[9] <= 1.0  # linear warm-up over 10 steps
+    assert curve[10] == pytest.approx(1.0) and all(a >= b for a, b in zip(curve[10:], curve[11:]))
+    assert curve[55] == pytest.approx(0.5) and curve[-1] < 0.001  # cosine to zero
+    assert [lr_at(1.0, 100)(s) for s in (0, 50, 99)] == [1.0, 1.0, 1.0]
+    for bad in (dict(schedule="linear"), dict(warmup_ratio=1.0)):
+        with pytest.raises(ConfigError, match="lr_schedule|warmup_ratio"):
+            lr_at(1.0, 100, **bad)
+    full, _ = train_worker.run(steps=12, schedule="cosine")
+    train_worker.run(steps=12, ckpt_dir=tmp_path / "ck", stop_after=6, schedule="cosine")
+    resumed, res = train_worker.run(steps=12, ckpt_dir=tmp_path / "ck", schedule="cosine")
+    assert res.resumed_from == 4 and _same(full, resumed)  # the rate is a function of the step: same curve
+    constant, _ = train_worker.run(steps=12)
+    assert not _same(full, constant)
+
+
+def test_length_grouped_batches_pad_less_and_cover_every_sample_once():
+    from neurorecon.training import LengthGroupedBatches, epoch_order, length_grouped_order
+
+    lengths = np.random.default_rng(3).integers(5, 200, size=1003)  # odd-sized
+    order = length_grouped_order(lengths, seed=0, epoch=0, global_batch=16)
+    assert sorted(order.tolist()) == list(range(1003))
+    full = 1003 // 16 * 16
+
+    def padded(o):
+        return int(lengths[o[:full]].reshape(-1, 16).max(1).sum() * 16)
+
+    grouped, shuffled = padded(order), padded(epoch_order(1003, 0, 0))
+    assert grouped < 0.75 * shuffled  # random batches pad to ~1.75x the tokens here
+    assert not np.array_equal(order, length_grouped_order(lengths, seed=0, epoch=1, global_batch=16))
+    np.testing.assert_array_equal(order, length_grouped_order(lengths, seed=0, epoch=0, global_batch=16))
+    batches = lengths[order[:full]].reshape(-1, 16).max(1)
+    assert not np.all(np.diff(batches) >= 0)  # the batches themselves are shuffled, not longest last
+    data = LengthGroupedBatches(lengths, x=np.zeros((1003, 2), np.float32))
+    np.testing.assert_array_equal(data.epoch_order(0, 0, 16), order)
+    with pytest.raises(ValueError, match="lengths"):
+        LengthGroupedBatches(lengths[:5], x=np.zeros((1003, 2), np.float32))
+
+
 def test_a_second_phase_on_the_same_accelerator_holds_only_its_own_model_and_optimizer(tmp_path):
     import gc
     import weakref

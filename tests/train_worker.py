@@ -35,10 +35,12 @@ def toy_data(n=37):
     return ArrayBatches(x=x, y=y)
 
 
-def run(steps=12, ckpt_dir=None, stop_after=None, ckpt_every=4, batch_size=4, grad_accum=1, noise=0.1):
+def run(steps=12, ckpt_dir=None, stop_after=None, ckpt_every=4, batch_size=4, grad_accum=1, noise=0.1,
+        schedule="constant"):
     model = Toy(noise)
     res = fit(model, lambda m, b, g: m(b["x"], b["y"], g), toy_data(), steps=steps, batch_size=batch_size, lr=1e-2,
-              ckpt_dir=ckpt_dir, ckpt_every=ckpt_every, stop_after=stop_after, progress=False, grad_accum=grad_accum)
+              ckpt_dir=ckpt_dir, ckpt_every=ckpt_every, stop_after=stop_after, progress=False, grad_accum=grad_accum,
+              lr_schedule=schedule, warmup_ratio=0.2 if schedule == "cosine" else 0.0)
     return model, res
 
 

@@ -232,6 +232,39 @@ def test_brain_llava_stages_generation_and_persistence(tiny, tmp_path):
         BrainLlava.from_pretrained(tmp_path / "nothing")
 
 
+def test_length_grouped_llava_batches_train_on_batches_of_similar_length(tiny):
+    """``group_by_length``: the batch source knows each record's token count and ``fit`` draws its batches
+    through it, so a batch is padded to a length close to its records' own."""
+    import copy
+
+    from neurorecon.training import LengthGroupedBatches
+
+    fm, enc = tiny
+    llava = BrainLlava(enc, copy.deepcopy(fm.lm), copy.deepcopy(fm.lm_tokenizer))
+    recs = [dict(image_id=i, type="brief", conversations=[
+        {"from": "human", "value": "<image>\nWhat colour is it?" + " Tell me." * (i % 7)},
+        {"from": "gpt", "value": "It is red." + " Really red." * (i % 5)}]) for i in range(41)]
+    data = llava_batches(recs, llava.tokenizer, lambda ids: (ids[:, None], np.ones(len(ids), np.int64)), 64,
+                         group_by_length=True)
+    assert isinstance(data, LengthGroupedBatches)
+    np.testing.assert_array_equal(data.lengths, [len(encode_chat(llava.tokenizer, r["conversations"], 64)[0])
+                                                 for r in recs])
+    drawn = []
+    original = data.batch
+
+    def batch(idx):
+        drawn.append(data.lengths[np.asarray(idx)])
+        return original(idx)
+
+    data.batch = batch
+    vox = torch.randn(41, 256)
+    train_llava_stage(llava, data, vox, 1, steps=4, batch_size=8, lr=1e-3, progress=False)
+    spread = np.mean([d.max() - d.min() for d in drawn])
+    shuffled = np.mean([d.max() - d.min() for d in np.array_split(data.lengths[np.random.default_rng(0)
+                                                                               .permutation(41)][:40], 5)])
+    assert len(drawn) == 4 and spread < 0.5 * shuffled
+
+
 def test_mixer_projector_and_mean_fmri(tiny, tmp_path):
     """The token-mixing projector trains, answers from the fMRI and survives save/load; ``fmri="mean"`` pairs a
     record with the mean of its image's trials (padding rows ignored), ``"trial"`` with one of them."""

@@ -37,7 +37,7 @@ from ..config import StageConfig
 from ..devices import stage_device, torch_dtype
 from ..distributed import num_processes
 from ..errors import ConfigError
-from ..training import checkpoint_root, make_accelerator, remove_checkpoints, resolve_steps
+from ..training import checkpoint_root, lr_at, make_accelerator, remove_checkpoints, resolve_steps
 from .baselines import fit_ridge, nearest_captions
 from .captions import METRICS, UNAVAILABLE, CaptionScorer
 from .concepts import (EXTRACTION_PROMPT, ablation_check, concept_instructions, concept_maps, extract_concepts,
@@ -120,6 +120,9 @@ class LanguageConfig(StageConfig):
     stage2_steps: Optional[int] = None
     stage2_batch: int = 16
     stage2_lr: float = 1e-3
+    lr_schedule: str = "constant"
+    warmup_ratio: float = 0.0
+    group_by_length: bool = True
     lora_r: int = 0
     lora_alpha: float = 16.0
     lora_dropout: float = 0.05
@@ -209,6 +212,7 @@ def _check_cfg(cfg):
         raise ConfigError(f"language config: llava_fmri {cfg.llava_fmri!r}: expected one of {list(FMRI_SAMPLES)}")
     if cfg.caption_tokenizer not in ("ptb", "simple"):
         raise ConfigError(f"language config: caption_tokenizer {cfg.caption_tokenizer!r}: expected ptb or simple")
+    lr_at(1.0, 1, cfg.lr_schedule, cfg.warmup_ratio)  # (raises a ConfigError naming a bad schedule or ratio)
 
 
 def caption_table(frame):
@@ -579,7 +583,7 @@ def train_brain_llava(cfg, encoder, fm, records, trials, acc, w, losses, timings
             (1, cfg.stage1_types, cfg.stage1_epochs, cfg.stage1_steps, cfg.stage1_batch, cfg.stage1_lr),
             (2, cfg.stage2_types, cfg.stage2_epochs, cfg.stage2_steps, cfg.stage2_batch, cfg.stage2_lr)):
         chosen = [r for r in records if r["type"] in types]
-        data = llava_batches(chosen, tok, trials.trials_of, max_len)
+        data = llava_batches(chosen, tok, trials.trials_of, max_len, cfg.group_by_length)
         steps, record = _steps(cfg, len(chosen), epochs, st, batch, f"stage{stage}_steps")
         res = train_llava_stage(llava, data, vox, stage, steps=steps, batch_size=batch, lr=lr, seed=cfg.seed,
                                 fmri=cfg.llava_fmri, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
@@ -588,6 +592,7 @@ def train_brain_llava(cfg, encoder, fm, records, trials, acc, w, losses, timings
                                 grad_accum=cfg.grad_accum,
                                 ckpt_dir=checkpoint_dir(cfg, f"llava{stage}") if ckpt else None,
                                 ckpt_every=cfg.ckpt_every, mixed_precision=cfg.mixed_precision,
+                                lr_schedule=cfg.lr_schedule, warmup_ratio=cfg.warmup_ratio,
                                 progress=progress, accelerator=acc)
         llava = res.model  # (under FSDP an unsharded copy of the sharded model, as every rank goes on)
         params = trainable_summary(llava)
@@ -596,10 +601,14 @@ def train_brain_llava(cfg, encoder, fm, records, trials, acc, w, losses, timings
         losses[f"LLaVA stage {stage}"] = res.losses
         for k, v in dict(record, resumed_from=res.resumed_from).items():
             w.add_metric("brain_llava", "all", "train", f"stage{stage}_{k}", v)
-        w.add_metric("brain_llava", "all", "train", f"stage{stage}_final_loss", res.losses[-1][1])
+        # a logged loss is one batch's, and batches grouped by length differ in kind (short captions, long
+        # dialogues): report means over the first and last tenth of the logged steps
+        tenth = max(1, len(res.losses) // 10)
+        first, last = (float(np.mean([v for _, v in part])) for part in (res.losses[:tenth], res.losses[-tenth:]))
+        w.add_metric("brain_llava", "all", "train", f"stage{stage}_final_loss", last)
         timings[f"llava_stage{stage}"] = time.time() - t
         log(f"LLaVA stage {stage}: {len(chosen)} records, {steps} steps in {timings[f'llava_stage{stage}']:.0f} s, "
-            f"loss {res.losses[0][1]:.3f} -> {res.losses[-1][1]:.3f}")
+            f"loss {first:.3f} -> {last:.3f} (means of the first and last tenth of the logged steps)")
         t = time.time()
     return llava
 

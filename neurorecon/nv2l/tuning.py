@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..training import ArrayBatches, fit
+from ..training import ArrayBatches, LengthGroupedBatches, fit
 
 __all__ = ["IGNORE", "LORA_TARGETS", "FMRI_SAMPLES", "llava_batches", "llava_loss", "quiet_peft", "apply_lora",
            "trainable_summary", "train_llava_stage"]
@@ -35,7 +35,7 @@ IGNORE = -100
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def llava_batches(records, tokenizer, trial_rows, max_len):
+def llava_batches(records, tokenizer, trial_rows, max_len, group_by_length=False):
     """A batch source of tokenised records with the training trials of each record's image.
 
     Parameters
@@ -47,6 +47,9 @@ def llava_batches(records, tokenizer, trial_rows, max_len):
         ``image_ids -> (rows (n, R), counts (n,))`` (e.g. :meth:`TrialSet.trials_of`).
     max_len : int
         Text tokens per record (longer ones are truncated).
+    group_by_length : bool
+        Batches of records of similar length (:class:`~neurorecon.training.LengthGroupedBatches`; LLaVA's
+        ``group_by_length``): each batch is cropped to its longest record, so less of it is padding.
     """
     from .llava import encode_chat
 
@@ -59,7 +62,10 @@ def llava_batches(records, tokenizer, trial_rows, max_len):
     for k, (i, lab) in enumerate(enc):
         ids[k, :len(i)], labels[k, :len(i)], mask[k, :len(i)] = i, lab, 1
     rows, counts = trial_rows(np.array([r["image_id"] for r in records], dtype=np.int64))
-    return ArrayBatches(input_ids=ids, labels=labels, attention_mask=mask, trials=rows, n_trials=counts)
+    fields = dict(input_ids=ids, labels=labels, attention_mask=mask, trials=rows, n_trials=counts)
+    if group_by_length:
+        return LengthGroupedBatches(mask.sum(1), **fields)
+    return ArrayBatches(**fields)
 
 
 FMRI_SAMPLES = ("trial", "mean")
@@ -175,7 +181,7 @@ def _prepare_stage(model, stage, lora):
 def train_llava_stage(model, data, voxels, stage, *, steps, batch_size, lr, weight_decay=0.0, seed=0, lora_r=0,
                       lora_alpha=16, lora_dropout=0.05, lora_targets=LORA_TARGETS, gradient_checkpointing=False,
                       fmri="trial", grad_accum=1, ckpt_dir=None, ckpt_every=0, mixed_precision="no", progress=True,
-                      accelerator=None, stop_after=None):
+                      accelerator=None, stop_after=None, lr_schedule="constant", warmup_ratio=0.0):
     """Stage 1 (projector) or stage 2 (projector + LoRA adapters, or projector + the whole LM).
 
     Parameters
@@ -193,7 +199,8 @@ def train_llava_stage(model, data, voxels, stage, *, steps, batch_size, lr, weig
         The fMRI a record is paired with: one random trial of its image per step, or the mean of its trials.
     grad_accum : int
         Micro-batches per optimizer step (needs :func:`neurorecon.training.fit` with ``grad_accum``).
-    ckpt_dir, ckpt_every, mixed_precision, progress, accelerator, stop_after : see :func:`neurorecon.training.fit`.
+    ckpt_dir, ckpt_every, mixed_precision, progress, accelerator, stop_after, lr_schedule, warmup_ratio : see
+        :func:`neurorecon.training.fit`.
 
     Returns
     -------
@@ -225,7 +232,7 @@ def train_llava_stage(model, data, voxels, stage, *, steps, batch_size, lr, weig
         res = fit(model, llava_loss(voxels, fmri), data, steps=steps, batch_size=batch_size, lr=lr,
                   weight_decay=weight_decay, seed=seed, params=params, ckpt_dir=ckpt_dir, ckpt_every=ckpt_every,
                   mixed_precision=mixed_precision, desc=f"LLaVA stage {stage}", progress=progress,
-                  log_every=max(1, steps // 100), **extra)
+                  log_every=max(1, steps // 100), lr_schedule=lr_schedule, warmup_ratio=warmup_ratio, **extra)
         return res
     finally:
         quiet.setLevel(level)

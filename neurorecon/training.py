@@ -512,10 +512,13 @@ def fit(model, loss_fn, data, *, steps, batch_size, lr, weight_decay=0.01, seed=
     probe = step_probe(model, params, loss_fn, desc, batch_size * grad_accum, acc.mixed_precision)  # None unless measuring
     bar = tqdm(range(start, steps), desc=desc, disable=not (progress and acc.is_main_process), leave=False,
                initial=start, total=steps)
+    order_epoch, order = None, None
     for step in bar:
         epoch, pos = divmod(step, per_epoch)
-        order = (data.epoch_order(seed, epoch, global_batch) if hasattr(data, "epoch_order")
-                 else epoch_order(n, seed, epoch))
+        if epoch != order_epoch:  # one order per epoch, not per step (a grouped order sorts the whole epoch)
+            order_epoch = epoch
+            order = (data.epoch_order(seed, epoch, global_batch) if hasattr(data, "epoch_order")
+                     else epoch_order(n, seed, epoch))
         chunk = order[pos * global_batch:(pos + 1) * global_batch]
         if len(chunk) < global_batch:  # fewer samples than one global batch: sample with wrap-around
             chunk = np.resize(order, global_batch)

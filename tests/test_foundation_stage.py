@@ -13,7 +13,9 @@ from neurorecon.errors import ConfigError
 from neurorecon.data.stage import DataConfig, run_data_stage, store_path
 from neurorecon.foundation import FoundationConfig, load_foundation
 from neurorecon.foundation.stage import run_foundation_stage, split_ids
-from neurorecon.foundation.text import corpus, scene_texts
+from neurorecon.foundation.text import (WHERE, corpus, grounded_chats, lookup_questions, scene_description,
+                                        scene_texts, synthetic_scene)
+from neurorecon.simulate.scenes import CATEGORY_SHAPES, COLORS
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +54,10 @@ def test_smoke_stage_trains_saves_and_measures(in_home):
     per_seed = [m["t2i_dpm++", f"two_way_clip_text@seed{cfg.seed + k}"] for k in range(cfg.eval_seeds)]
     assert cfg.eval_seeds == 2 and m["t2i_dpm++", "two_way_clip_text"] == pytest.approx(np.mean(per_seed))
     assert m["lm", "perplexity"] < m["lm", "unigram_perplexity"]  # even the smoke LM beats unigram statistics
+    for kind, n_words in (("color", len(COLORS)), ("shape", len(set(CATEGORY_SHAPES.values())))):
+        assert 0 <= m["lm", f"context_lookup_{kind}"] <= 1
+        assert m["lm", f"context_lookup_{kind}_chance"] == pytest.approx(1 / n_words)
+    assert any("answers read from a scene described in the prompt" in line for line in in_home[1])
     losses = json.loads((folder / "train_log.json").read_text())["losses"]
     assert set(losses) == {"clip", "vae", "unet", "unclip", "lm"}
     assert losses["clip"][-1][1] < losses["clip"][0][1] and losses["lm"][-1][1] < losses["lm"][0][1]
@@ -62,6 +68,47 @@ def test_eval_seeds_below_one_is_refused_before_any_work(in_home):
     with pytest.raises(ConfigError, match=r"eval_seeds=0; expected an integer >= 1"):
         run_foundation_stage(cfg, force=True)
     assert is_complete("foundation", "smoke", load_config(FoundationConfig, "smoke").digest())  # untouched
+
+
+@pytest.mark.parametrize("key", ["lm_grounded", "lm_lookup_probes"])
+def test_negative_lm_text_counts_are_refused_before_any_work(in_home, key):
+    cfg = load_config(FoundationConfig, "smoke", overrides={key: -1})
+    with pytest.raises(ConfigError, match=rf"{key}=-1; expected an integer >= 0"):
+        run_foundation_stage(cfg, force=True)
+    assert is_complete("foundation", "smoke", load_config(FoundationConfig, "smoke").digest())
+
+
+def test_grounded_chats_answer_from_the_scene_they_describe():
+    chats = grounded_chats(40, seed=3)
+    assert chats == grounded_chats(40, seed=3) and chats != grounded_chats(40, seed=4) and len(chats) == 40
+    n_colour = 0
+    for chat in chats:
+        assert chat.startswith("<human>: The image shows ") and chat.count(" <bot>: ") >= 1
+        desc = chat[len("<human>: "):chat.index("\n")]
+        # every colour answer is the colour the description gives the object at that position
+        for turn in chat.split("<human>: ")[1:]:
+            q, a = turn.split(" <bot>: ")
+            if "What colour is the object " in q:
+                where = q.split("What colour is the object ")[1].rstrip("?")
+                colour = a.rstrip(". ").split()[-1]
+                assert f"{colour} " in desc and any(f"{colour} {c} {where}" in desc for c in CATEGORY_SHAPES), chat
+                n_colour += 1
+    assert n_colour >= 5
+
+
+def test_lookup_questions_hold_their_answer_in_the_prompt_only():
+    probes = lookup_questions(30, seed=5)
+    assert len(probes) == 60 and {k for _, k, _ in probes} == {"color", "shape"}
+    for prompt, kind, word in probes:
+        assert prompt.endswith("? <bot>:")
+        if kind == "color":
+            assert word in prompt.split("\n")[0]
+        else:
+            assert word in CATEGORY_SHAPES.values()
+    scene = synthetic_scene(np.random.default_rng(0))
+    assert scene_description(scene) in scene_texts(scene)  # the corpus's own description sentence
+    for inst in scene["instances"]:
+        assert WHERE[inst["attributes"]["position"]] in scene_description(scene)
 
 
 def test_smoke_models_load_through_the_one_interface(in_home):

@@ -63,6 +63,9 @@ class FoundationConfig(StageConfig):
     lm_steps: int = 150
     lm_batch: int = 32
     lm_lr: float = 2e-3
+    lm_grounded: int = 0                     # chats about random scenes described in the chat itself, added to the
+                                             # corpus (foundation/text.py grounded_chats): answering from context
+    lm_lookup_probes: int = 100              # held-out scenes of the context-lookup measurement (0 = skip it)
 
     # --- evaluation on held-out (shared test) images ---------------------------------------------------------------
     n_eval: int = 100                        # held-out images used for retrieval / reconstruction / generation

@@ -17,7 +17,8 @@ from ..metrics import retrieval_top1, two_way_identification
 from .interface import to_float_images
 
 __all__ = ["clip_retrieval", "vae_quality", "psnr", "ssim", "generate_from_captions", "two_way_clip", "two_way_clip_text",
-           "lm_perplexity", "unigram_perplexity", "lm_samples", "to_uint8"]
+           "lm_perplexity", "unigram_perplexity", "lm_samples", "context_lookup",
+           "to_uint8"]
 
 
 def to_uint8(images):
@@ -116,3 +117,20 @@ def lm_samples(lm, tokenizer, prompts, max_new_tokens=24):
                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         out.append(tokenizer.decode(gen[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip())
     return out
+
+
+@torch.no_grad()
+def context_lookup(lm, tokenizer, probes, max_new_tokens=14):
+    """Accuracy of greedy answers that must be read from the prompt (:func:`~neurorecon.foundation.text.lookup_questions`).
+
+    An answer is correct when its first sentence holds the expected word. Returns ``{kind: accuracy}``.
+    """
+    hits = {}
+    for prompt, kind, word in probes:
+        enc = tokenizer(tokenizer.bos_token + prompt, return_tensors="pt", return_token_type_ids=False,
+                        add_special_tokens=False)
+        gen = lm.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        answer = tokenizer.decode(gen[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).split(".")[0]
+        hits.setdefault(kind, []).append(word in answer.split())
+    return {kind: float(np.mean(v)) for kind, v in hits.items()}

@@ -19,7 +19,8 @@ from . import evaluate as E
 from .load import (COMPONENTS, PATHS_FILE, REQUIRED_COMPONENTS, config_paths, configured_components, demo_paths,
                    load_from_paths, with_requirements)
 from .save import save_clip, save_lm, save_sd, save_unclip
-from .text import corpus, longest_caption
+from ..simulate.scenes import CATEGORY_SHAPES, COLORS
+from .text import corpus, grounded_chats, longest_caption, lookup_questions
 from .tiny import sd_scheduler_config, unclip_noising_scheduler, unclip_normalizer
 from .train import (caption_contexts, clip_raw_image_embeds, encode_latent_stats, train_clip, train_lm,
                     train_text_unet, train_unclip_unet, train_vae)
@@ -102,6 +103,9 @@ def _train_all(cfg, store, folder, w, log, progress):
 
     t0 = time.time()
     texts = corpus(store.annotations, train_ids)
+    if cfg.lm_grounded:
+        texts += grounded_chats(cfg.lm_grounded, seed=cfg.seed)
+        texts = [texts[i] for i in np.random.default_rng(cfg.seed).permutation(len(texts))]
     lm, lm_tok, res = train_lm(cfg, texts, progress=progress)
     save_lm(folder / "lm", lm, lm_tok)
     timings["lm"], losses["lm"] = time.time() - t0, res.losses
@@ -166,6 +170,15 @@ def _evaluate(cfg, fm, store, folder, w, train_texts, log):
         w.add_metric("lm", "all", "test", "unigram_perplexity", uni)
         w.add_metric("lm", "all", "test", "n_tokens", count)
         log(f"lm: held-out perplexity {ppl:.2f} vs unigram {uni:.2f} on {count} tokens")
+        if cfg.lm_lookup_probes:
+            # seed + 1000: other scenes than the grounded chats' (which use the seed itself)
+            acc = E.context_lookup(fm.lm, fm.lm_tokenizer, lookup_questions(cfg.lm_lookup_probes, cfg.seed + 1000))
+            chance = dict(color=1 / len(COLORS), shape=1 / len(set(CATEGORY_SHAPES.values())))
+            for kind, v in acc.items():
+                w.add_metric("lm", "all", "test", f"context_lookup_{kind}", v)
+                w.add_metric("lm", "all", "test", f"context_lookup_{kind}_chance", chance[kind])
+            log("lm: answers read from a scene described in the prompt (held-out random scenes): "
+                + ", ".join(f"{k} {v:.1%} (chance {chance[k]:.1%})" for k, v in acc.items()))
         samples = E.lm_samples(fm.lm, fm.lm_tokenizer, LM_PROMPTS)
     w.add_metric("evaluate", "all", "test", "seconds", time.time() - t0)
     w.add_metric("evaluate", "all", "test", "cpu_seconds", time.process_time() - c0)
@@ -185,6 +198,9 @@ def run_foundation_stage(cfg, force=False, progress=True, log=print, config_file
     if cfg.eval_seeds < 1:
         raise ConfigError(f"foundation config ({cfg.profile}): eval_seeds={cfg.eval_seeds!r}; expected an integer >= 1 "
                           "(text-to-image generations per held-out caption)")
+    for key in ("lm_grounded", "lm_lookup_probes"):
+        if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 0:
+            raise ConfigError(f"foundation config ({cfg.profile}): {key}={getattr(cfg, key)!r}; expected an integer >= 0")
     if not force and is_complete(cfg.STAGE, cfg.profile, cfg.digest()):
         return require_stage(cfg.STAGE, cfg.profile)
     threads = torch.get_num_threads()

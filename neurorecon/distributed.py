@@ -22,7 +22,7 @@ import copy
 import torch
 
 __all__ = ["shard", "shard_bounds", "gather", "world", "main_writer", "num_processes", "require_single_process",
-           "is_sharded", "require_unsharded", "full_state_dict", "meta_copy", "load_unsharded"]
+           "end_process_group", "ending_process_group", "is_sharded", "require_unsharded", "full_state_dict", "meta_copy", "load_unsharded"]
 
 
 def world(accelerator=None):
@@ -157,6 +157,31 @@ def num_processes():
     from accelerate import PartialState
 
     return int(PartialState().num_processes)
+
+
+def end_process_group():
+    """Destroy this process's default process group, if one was set up (a no-op in a single process).
+
+    Every entry point that may run under ``torchrun``/``accelerate launch`` calls it when it is done, on every
+    rank: a process that exits with a live gloo group can abort during interpreter shutdown (the group's worker
+    threads still hold work when Python tears down; "terminate called without an active exception", SIGABRT),
+    which fails the launch after the work is done. Not a barrier: a rank that has finished leaves while the main
+    one may still be writing the stage folder.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def ending_process_group():
+    """Run the block, then :func:`end_process_group` (also when the block raises: the traceback is then the
+    block's, not an abort at shutdown)."""
+    try:
+        yield
+    finally:
+        end_process_group()
 
 
 def require_single_process(stage):

@@ -63,7 +63,7 @@ def weights(llava):
     return {k: v.detach().float().cpu().clone() for k, v in llava.state_dict().items()}
 
 
-if __name__ == "__main__":
+def _main():
     import os
 
     from neurorecon.errors import NeuroreconError
@@ -89,3 +89,10 @@ if __name__ == "__main__":
     got["resumed"] = weights(train(acc, 2, ckpt=out / "ck"))  # a fresh model resumes from the shards
     got["lora"] = weights(train(acc, 2, lora_r=4))
     torch.save(got, out / f"rank{acc.process_index}.pt")
+
+
+if __name__ == "__main__":
+    from neurorecon.distributed import ending_process_group
+
+    with ending_process_group():  # a live gloo group at exit can abort the rank (SIGABRT)
+        _main()

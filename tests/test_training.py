@@ -409,3 +409,32 @@ def test_two_cpu_processes_end_identical(tmp_path):
     recon = train_worker.autoencoder_reconstructions()
     assert recon.shape == got["autoencoder"].shape == (5, 16, 16)
     assert torch.allclose(got["autoencoder"], recon, atol=1e-6)
+
+
+ENDING = """
+import sys, torch.distributed as dist
+from neurorecon.distributed import end_process_group, ending_process_group
+end_process_group()  # no group yet: nothing to do
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
+try:
+    with ending_process_group():
+        raise RuntimeError("the block failed")
+except RuntimeError:
+    pass
+print("initialized after the block:", dist.is_initialized())
+"""
+
+
+def test_entry_points_end_their_process_group(tmp_path):
+    """A rank that exits with a live gloo group can abort at interpreter shutdown (SIGABRT after the work is done,
+    seen once in CI on the two-process test): ``ending_process_group`` destroys it, also when the block raises,
+    and every launchable entry point and test worker runs inside it."""
+    proc = subprocess.run([sys.executable, "-c", ENDING, str(tmp_path / "store")], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "initialized after the block: False" in proc.stdout
+    root = HERE.parent
+    for path in ("neurorecon/nv2l/train.py", "neurorecon/neuropictor/train.py", "tests/train_worker.py",
+                 "tests/fsdp_worker.py"):
+        main_block = (root / path).read_text().split('if __name__ == "__main__":')[-1]
+        assert "with ending_process_group():" in main_block, path

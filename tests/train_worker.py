@@ -110,7 +110,7 @@ def autoencoder_reconstructions(accelerator=None):
     return torch.from_numpy(reconstruct(model, maps, batch_size=2, accelerator=accelerator))
 
 
-if __name__ == "__main__":
+def _main():
     import torch.distributed as dist
 
     from neurorecon.distributed import gather, shard
@@ -135,3 +135,10 @@ if __name__ == "__main__":
         torch.save(gathered, out / "gathered.pt")
         (out / "ckpt.json").write_text(json.dumps(sorted(p.name for p in (out / "ck").iterdir())))
         (out / "ranks.json").write_text(json.dumps(sorted(p.name for p in (out / "ck/latest").iterdir())))
+
+
+if __name__ == "__main__":
+    from neurorecon.distributed import ending_process_group
+
+    with ending_process_group():  # a live gloo group at exit can abort the rank (SIGABRT)
+        _main()

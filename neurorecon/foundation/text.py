@@ -4,7 +4,7 @@ Everything is true by construction (it is read off the scene annotations: catego
 background). The language model of the demo is pretrained on this text of the training images only, plus
 (``lm_grounded`` in the foundation config) chats about random synthetic scenes that are described in the chat
 itself (:func:`grounded_chats`): a large LLM answers a question from what its context says, and a tiny LM
-pretrained on image texts alone does not learn to (``docs/foundation.md``).
+pretrained on image texts alone does not learn to (``docs/nv2l.md``, "Demo sizes").
 """
 
 from collections import Counter

@@ -55,4 +55,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ..distributed import ending_process_group
+
+    with ending_process_group():
+        status = main()
+    sys.exit(status)
